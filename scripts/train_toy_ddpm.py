@@ -1,0 +1,167 @@
+"""Retrain the embedded toy DDPM (assets/toy-ddpm) on toyfaces, on the CPU, resumably.
+
+    python scripts/train_toy_ddpm.py --data data/toyfaces --out assets/toy-ddpm --steps 3000
+
+Checkpoints (model, EMA, optimizer, RNG, step) go to OUT/checkpoint.pt atomically every
+--ckpt-every steps; re-running the same command resumes from it. The final EMA weights are saved as
+a diffusers DDPMPipeline folder (unet/ + scheduler/), with train_log.jsonl and loss_curve.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from PIL import Image
+
+from hsae.io_utils import atomic_write_bytes, atomic_write_json
+
+UNET_CONFIG = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=1,
+    block_out_channels=(32, 64, 128),
+    down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
+    norm_num_groups=16,
+    attention_head_dim=32,
+)
+
+
+def load_train_images(data: Path) -> torch.Tensor:
+    parts = (data / "list_eval_partition.txt").read_text().split("\n")
+    names = [ln.split()[0] for ln in parts if ln.strip() and ln.split()[1] == "0"]
+    arr = np.stack(
+        [np.asarray(Image.open(data / "img_align_celeba" / n).convert("RGB")) for n in names]
+    )
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # uint8 N,3,H,W
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = (step - warmup) / max(total - warmup, 1)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("data/toyfaces"))
+    p.add_argument("--out", type=Path, default=Path("assets/toy-ddpm"))
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = a.out / "checkpoint.pt", a.out / "train_log.jsonl"
+
+    images = load_train_images(a.data)
+    torch.manual_seed(a.seed)
+    unet = UNet2DModel(**UNET_CONFIG)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    opt = torch.optim.AdamW(unet.parameters(), lr=a.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(a.seed)
+    step = 0
+    if ckpt_path.exists():
+        st = torch.load(ckpt_path, weights_only=False)
+        unet.load_state_dict(st["unet"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        step = st["step"]
+        print(f"resumed from {ckpt_path} at step {step}")
+    print(
+        f"{len(images)} train images, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params"
+    )
+
+    acp = sched.alphas_cumprod
+    t0, losses = time.time(), []
+    while step < a.steps:
+        idx = torch.randint(0, len(images), (a.batch,), generator=gen)
+        x0 = images[idx].float() / 127.5 - 1
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (a.batch,), generator=gen)
+        ab = acp[t].view(-1, 1, 1, 1)
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
+        loss = (unet(xt, t).sample - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(a.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), unet.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        step += 1
+        losses.append(loss.item())
+        if step % 20 == 0:
+            rec = {
+                "step": step,
+                "loss": float(np.mean(losses)),
+                "lr": opt.param_groups[0]["lr"],
+                "img_per_s": 20 * a.batch / (time.time() - t0),
+            }
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(json.dumps(rec), flush=True)
+            t0, losses = time.time(), []
+        if step % a.ckpt_every == 0 or step == a.steps:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "unet": unet.state_dict(),
+                    "ema": ema.state_dict(),
+                    "opt": opt.state_dict(),
+                    "gen": gen.get_state(),
+                    "step": step,
+                },
+            )
+    DDPMPipeline(unet=ema, scheduler=sched).save_pretrained(a.out, safe_serialization=True)
+    atomic_write_json(a.out / "training_args.json", {k: str(v) for k, v in vars(a).items()})
+    plot_loss(log_path, a.out / "loss_curve.png")
+    print(f"saved EMA pipeline to {a.out}")
+
+
+def plot_loss(log_path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in recs], [r["loss"] for r in recs])
+    ax.set(
+        xlabel="step", ylabel="ε-MSE (mean of 20 steps)", yscale="log", title="toy DDPM training"
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
