@@ -43,6 +43,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -51,7 +52,48 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return extract_command(args)
 
 
-COMMANDS = {"data": (_add_data, _cmd_data), "extract": (_add_extract, _cmd_extract)}
+def _add_roundtrip(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("roundtrip", help="invert → resume error of a model, per step count")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--model", default="toy")
+    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
+    p.add_argument("--t", type=float, default=0.7)
+    p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+
+
+def _cmd_roundtrip(args: argparse.Namespace) -> int:
+    from hsae.io_utils import atomic_write_json
+    from hsae.roundtrip import format_table, roundtrip_command
+
+    rows = roundtrip_command(args.data, args.model, args.n, args.steps, args.t, args.split)
+    print(format_table(rows))
+    if args.json:
+        atomic_write_json(args.json, {"model": args.model, "n": args.n, "t": args.t, "rows": rows})
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the method end to end on the embedded toy model")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--n", type=int, default=512, help="toyfaces images to extract")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--t", type=float, default=0.7)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hsae.demo import demo_command
+
+    return demo_command(args.out, args.n, args.steps, args.t)
+
+
+COMMANDS = {
+    "data": (_add_data, _cmd_data),
+    "extract": (_add_extract, _cmd_extract),
+    "roundtrip": (_add_roundtrip, _cmd_roundtrip),
+    "demo": (_add_demo, _cmd_demo),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,19 +48,22 @@ DEFAULT_PROBS: dict[str, float] = {
     "Heavy_Eyebrows": 0.4,
 }
 
-# Regions (in unit face coordinates, before nuisance transforms) that each attribute touches;
-# used by the edit benchmark to measure change outside the attribute's region.
+# Boxes (x0, y0, x1, y1) that each attribute touches, in unit face coordinates: (0.5, 0.5) is the
+# face centre and one unit is the face scale, before nuisance transforms (`attribute_region_mask`
+# maps them to pixels of one face). Used by the edit benchmark to measure change outside the
+# attribute's region, so every box must contain all pixels its attribute can change (a test checks
+# this); boxes may extend past [0, 1] where the drawing does (hat crown, background).
 ATTRIBUTE_REGIONS: dict[str, tuple[float, float, float, float]] = {
     "Smiling": (0.3, 0.62, 0.7, 0.85),
     "Mouth_Slightly_Open": (0.3, 0.62, 0.7, 0.85),
-    "Eyeglasses": (0.15, 0.35, 0.85, 0.55),
-    "Wearing_Hat": (0.05, 0.0, 0.95, 0.35),
+    "Eyeglasses": (0.15, 0.35, 0.85, 0.6),
+    "Wearing_Hat": (0.05, -0.1, 0.95, 0.35),
     "Blond_Hair": (0.0, 0.0, 1.0, 1.0),
-    "Bangs": (0.2, 0.15, 0.8, 0.4),
-    "Beard": (0.2, 0.55, 0.8, 1.0),
-    "Eyes_Closed": (0.2, 0.38, 0.8, 0.52),
+    "Bangs": (0.2, 0.08, 0.8, 0.4),
+    "Beard": (0.14, 0.55, 0.86, 1.0),
+    "Eyes_Closed": (0.2, 0.38, 0.8, 0.56),
     "Pale_Skin": (0.0, 0.0, 1.0, 1.0),
-    "Blue_Background": (0.0, 0.0, 1.0, 1.0),
+    "Blue_Background": (-2.0, -2.0, 3.0, 3.0),  # the whole image, whatever the nuisance
     "Heavy_Eyebrows": (0.2, 0.28, 0.8, 0.42),
 }
 
@@ -91,6 +94,12 @@ class ToyFacesConfig:
 def shifted_config(size: int = 32) -> ToyFacesConfig:
     """Nuisance-shifted variant: faces off-centre, smaller and with stronger colour jitter."""
     return ToyFacesConfig(size=size, position_jitter=0.12, scale_range=(0.72, 0.86), hue_jitter=0.1)
+
+
+def _lw(width: int, canvas: int) -> int:
+    # Stroke widths were tuned on the default 128-pixel canvas (32 px x4); scale them so a face at
+    # another size keeps the same proportions.
+    return max(1, round(width * canvas / 128))
 
 
 def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
@@ -125,6 +134,11 @@ def _nuisance(seed: int, index: int, cfg: ToyFacesConfig) -> dict[str, float]:
     }
 
 
+def _face_frame(nuis: dict[str, float], canvas: int) -> tuple[float, float, float]:
+    """Face centre (x, y) and scale in pixels of a `canvas`-sized square."""
+    return canvas * (0.5 + nuis["dx"]), canvas * (0.54 + nuis["dy"]), nuis["scale"] * canvas
+
+
 def render_face(attrs: dict[str, bool], nuis: dict[str, float], cfg: ToyFacesConfig) -> Image.Image:
     """Draw one face; `attrs` may be any toggled variant of the sampled attributes."""
     s = cfg.size * cfg.supersample
@@ -135,8 +149,7 @@ def render_face(attrs: dict[str, bool], nuis: dict[str, float], cfg: ToyFacesCon
     )
     img = Image.new("RGB", (s, s), bg)
     d = ImageDraw.Draw(img)
-    sc = nuis["scale"] * s
-    cx, cy = s * (0.5 + nuis["dx"]), s * (0.54 + nuis["dy"])
+    cx, cy, sc = _face_frame(nuis, s)
 
     def box(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
         return (cx + x0 * sc, cy + y0 * sc, cx + x1 * sc, cy + y1 * sc)
@@ -156,8 +169,8 @@ def render_face(attrs: dict[str, bool], nuis: dict[str, float], cfg: ToyFacesCon
         d.chord(box(-fw, -0.2, fw, 0.40), 20, 160, fill=hair)
     if attrs["Bangs"]:
         d.chord(box(-fw + 0.02, -0.40, fw - 0.02, -0.02), 180, 360, fill=hair)
-    _draw_eyes(d, box, attrs, nuis)
-    _draw_mouth(d, box, attrs, skin)
+    _draw_eyes(d, box, attrs, nuis, s)
+    _draw_mouth(d, box, attrs, s)
     if attrs["Wearing_Hat"]:
         hat = _hsv(nuis["hat_h"], 0.75, 0.55)
         d.rectangle(box(-fw - 0.1, -0.36, fw + 0.1, -0.29), fill=hat)
@@ -165,35 +178,37 @@ def render_face(attrs: dict[str, bool], nuis: dict[str, float], cfg: ToyFacesCon
     return img.resize((cfg.size, cfg.size), Image.Resampling.BOX)
 
 
-def _draw_eyes(d: ImageDraw.ImageDraw, box, attrs: dict[str, bool], nuis: dict[str, float]) -> None:
+def _draw_eyes(
+    d: ImageDraw.ImageDraw, box, attrs: dict[str, bool], nuis: dict[str, float], s: int
+) -> None:
     g = nuis["eye_gap"]
     ink = (25, 20, 20)
     for ex in (-g, g):
         if attrs["Eyes_Closed"]:
-            d.line(box(ex - 0.06, -0.02, ex + 0.06, -0.02)[:4], fill=ink, width=5)
+            d.line(box(ex - 0.06, -0.02, ex + 0.06, -0.02)[:4], fill=ink, width=_lw(5, s))
         else:
             d.ellipse(box(ex - 0.06, -0.07, ex + 0.06, 0.03), fill=(250, 250, 250))
             d.ellipse(box(ex - 0.03, -0.05, ex + 0.03, 0.01), fill=ink)
-        brow_w = 7 if attrs["Heavy_Eyebrows"] else 2
+        brow_w = _lw(7 if attrs["Heavy_Eyebrows"] else 2, s)
         d.line(box(ex - 0.07, -0.12, ex + 0.07, -0.12)[:4], fill=ink, width=brow_w)
         if attrs["Eyeglasses"]:
             frame = _hsv(nuis["glasses_h"], 0.8, 0.35)
-            d.ellipse(box(ex - 0.1, -0.1, ex + 0.1, 0.07), outline=frame, width=5)
+            d.ellipse(box(ex - 0.1, -0.1, ex + 0.1, 0.07), outline=frame, width=_lw(5, s))
     if attrs["Eyeglasses"]:
         frame = _hsv(nuis["glasses_h"], 0.8, 0.35)
-        d.line(box(-g + 0.1, -0.03, g - 0.1, -0.03)[:4], fill=frame, width=5)
+        d.line(box(-g + 0.1, -0.03, g - 0.1, -0.03)[:4], fill=frame, width=_lw(5, s))
 
 
-def _draw_mouth(d: ImageDraw.ImageDraw, box, attrs: dict[str, bool], skin) -> None:
+def _draw_mouth(d: ImageDraw.ImageDraw, box, attrs: dict[str, bool], s: int) -> None:
     ink, lips = (40, 10, 10), (170, 40, 50)
     if attrs["Mouth_Slightly_Open"] and attrs["Smiling"]:
-        d.chord(box(-0.14, 0.1, 0.14, 0.3), 0, 180, fill=ink, outline=lips, width=3)
+        d.chord(box(-0.14, 0.1, 0.14, 0.3), 0, 180, fill=ink, outline=lips, width=_lw(3, s))
     elif attrs["Mouth_Slightly_Open"]:
-        d.ellipse(box(-0.07, 0.15, 0.07, 0.28), fill=ink, outline=lips, width=3)
+        d.ellipse(box(-0.07, 0.15, 0.07, 0.28), fill=ink, outline=lips, width=_lw(3, s))
     elif attrs["Smiling"]:
-        d.arc(box(-0.14, 0.06, 0.14, 0.24), 20, 160, fill=lips, width=6)
+        d.arc(box(-0.14, 0.06, 0.14, 0.24), 20, 160, fill=lips, width=_lw(6, s))
     else:
-        d.line(box(-0.1, 0.2, 0.1, 0.2)[:4], fill=lips, width=6)
+        d.line(box(-0.1, 0.2, 0.1, 0.2)[:4], fill=lips, width=_lw(6, s))
 
 
 @dataclass
@@ -214,6 +229,25 @@ def generate(seed: int, index: int, cfg: ToyFacesConfig | None = None, **toggles
     return ToyFace(index, attrs, render_face(attrs, _nuisance(seed, index, cfg), cfg))
 
 
+def attribute_region_mask(
+    seed: int, index: int, attribute: str, cfg: ToyFacesConfig | None = None
+) -> np.ndarray:
+    """Boolean (size, size) mask of the pixels face `index` may change when `attribute` flips.
+
+    Pixels partly covered by the region count as inside: the box-filter downsampling spreads an
+    edge over the pixel that holds it.
+    """
+    cfg = cfg or ToyFacesConfig()
+    if attribute not in ATTRIBUTE_REGIONS:
+        raise KeyError(f"unknown toyfaces attribute {attribute!r}; known: {ATTRIBUTES}")
+    cx, cy, sc = _face_frame(_nuisance(seed, index, cfg), cfg.size)
+    x0, y0, x1, y1 = ATTRIBUTE_REGIONS[attribute]
+    px = np.arange(cfg.size)
+    cols = (px + 1 > cx + (x0 - 0.5) * sc) & (px < cx + (x1 - 0.5) * sc)
+    rows = (px + 1 > cy + (y0 - 0.5) * sc) & (px < cy + (y1 - 0.5) * sc)
+    return rows[:, None] & cols[None, :]
+
+
 def split_of(index: int, n: int) -> int:
     """CelebA partition code: 0 train (80%), 1 val (10%), 2 test (10%)."""
     frac = index / max(n, 1)
@@ -232,12 +266,18 @@ def write_dataset(
     out = Path(out)
     img_dir = out / "img_align_celeba"
     img_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"generator": "toyfaces", "seed": seed, "n": n, "config": asdict(cfg)}
+    # Re-running resumes, since images are pure functions of (seed, i, cfg); but images left by a
+    # run with another seed or config (or of unknown origin) would silently mismatch the new
+    # labels, so those are re-rendered. The metadata goes first to mark who owns the images.
+    resume = _same_generator(out / "toyfaces.json", meta)
+    atomic_write_text(out / "toyfaces.json", json.dumps(meta, indent=2))
     attr_lines, part_lines = [], []
     for i in tqdm(range(n), desc="toyfaces", unit="img", disable=not progress):
         face = generate(seed, i, cfg)
         name = f"{i + 1:06d}.png"
         path = img_dir / name
-        if not path.exists():  # re-running resumes: images are pure functions of (seed, i)
+        if not (resume and path.exists()):
             tmp = path.with_suffix(".tmp.png")
             face.image.save(tmp)
             tmp.replace(path)
@@ -249,6 +289,16 @@ def write_dataset(
         f"{n}\n{' '.join(ATTRIBUTES)}\n" + "\n".join(attr_lines) + "\n",
     )
     atomic_write_text(out / "list_eval_partition.txt", "\n".join(part_lines) + "\n")
-    meta = {"generator": "toyfaces", "seed": seed, "n": n, "config": asdict(cfg)}
-    atomic_write_text(out / "toyfaces.json", json.dumps(meta, indent=2))
     return out
+
+
+def _same_generator(meta_path: Path, meta: dict) -> bool:
+    """True if `meta_path` records the same seed and config as `meta` (n may differ)."""
+    try:
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    # Round-trip through JSON so tuples compare equal to the lists they were saved as.
+    new = json.loads(json.dumps(meta))
+    keys = ("generator", "seed", "config")
+    return isinstance(old, dict) and all(old.get(k) == new[k] for k in keys)
