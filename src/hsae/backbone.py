@@ -196,7 +196,12 @@ class DiffusionBackbone:
             return ModelOutputs(x0=(z - s * out) / a, eps=out)
         if self.prediction_type == "v_prediction":
             return ModelOutputs(x0=a * z - s * out, eps=a * out + s * z)
-        return ModelOutputs(x0=out, eps=(z - a * out) / s)
+        if self.prediction_type == "sample":
+            return ModelOutputs(x0=out, eps=(z - a * out) / s)
+        raise ValueError(
+            f"{self.model_id}: prediction_type {self.prediction_type!r} is not supported; "
+            f"expected one of {PREDICTION_TYPES}"
+        )
 
     def describe(self) -> dict[str, Any]:
         """What a store manifest records about the model."""
