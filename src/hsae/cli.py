@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:
         # Input errors end with one clear line, not a traceback.
         print(f"hsae {args.command}: error: {e}", file=sys.stderr)
         return 2
