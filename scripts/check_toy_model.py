@@ -51,11 +51,21 @@ def main() -> int:
         print(f"{b + len(x)}/{a.n} samples, {time.time() - t0:.0f}s", flush=True)
     freq = torch.cat(preds).mean(0).numpy()
     order = [clf.config.attribute_names.index(n) for n in names]
-    rows = {n: {"data": float(data_freq[i]), "samples": float(freq[order[i]])} for i, n in enumerate(names)}
+    rows = {
+        n: {"data": float(data_freq[i]), "samples": float(freq[order[i]])}
+        for i, n in enumerate(names)
+    }
     worst = max(abs(r["data"] - r["samples"]) for r in rows.values())
     save_grid([first[i : i + 16] for i in range(0, min(64, len(first)), 16)], a.out / "samples.png")
-    result = {"n": a.n, "steps": a.steps, "max_abs_gap": worst, "pass": worst <= 0.10,
-              "attributes": rows, "command": " ".join(sys.argv), "seconds": time.time() - t0}
+    result = {
+        "n": a.n,
+        "steps": a.steps,
+        "max_abs_gap": worst,
+        "pass": worst <= 0.10,
+        "attributes": rows,
+        "command": " ".join(sys.argv),
+        "seconds": time.time() - t0,
+    }
     atomic_write_json(a.out / "sample_check.json", result)
     print(json.dumps(result, indent=2))
     return 0

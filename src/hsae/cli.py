@@ -52,6 +52,18 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return extract_command(args)
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from hsae.train import add_train_arguments
+
+    add_train_arguments(sub.add_parser("train", help="train an SAE on an activation store"))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hsae.train import train_command
+
+    return train_command(args)
+
+
 def _add_roundtrip(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("roundtrip", help="invert → resume error of a model, per step count")
     p.add_argument("--data", type=Path, required=True)
@@ -91,6 +103,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "data": (_add_data, _cmd_data),
     "extract": (_add_extract, _cmd_extract),
+    "train": (_add_train, _cmd_train),
     "roundtrip": (_add_roundtrip, _cmd_roundtrip),
     "demo": (_add_demo, _cmd_demo),
 }

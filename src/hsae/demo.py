@@ -40,13 +40,16 @@ def save_grid(rows: list[torch.Tensor], path: Path, scale: int = 3) -> Path:
 def ddim_samples(
     backbone: DiffusionBackbone, n: int, steps: int = 50, seed: int = 0
 ) -> torch.Tensor:
-    """Unconditional DDIM samples: resume from pure noise at the top of the grid."""
+    """Unconditional DDIM samples: resume from pure noise at the top of the grid, clipping x0
+    when the model's scheduler config asks for it (clip_sample), as diffusers' pipelines do."""
     from hsae.invert import ddim_grid, resume
 
     grid = ddim_grid(backbone, steps)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n, *backbone.latent_shape), generator=g).to(backbone.device, backbone.dtype)
-    z0, _ = resume(backbone, z, len(grid.timesteps) - 1, grid)
+    cfg = backbone.scheduler.config
+    clip = float(cfg.clip_sample_range) if cfg.get("clip_sample", False) else None
+    z0, _ = resume(backbone, z, len(grid.timesteps) - 1, grid, clip_x0=clip)
     return backbone.decode(z0)
 
 

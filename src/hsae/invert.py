@@ -92,10 +92,13 @@ def resume(
     h_edit: HEdit | torch.Tensor | None = None,
     edit_steps: int = 1,
     progress: bool = False,
+    clip_x0: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise z_t (at grid index t_index) to z0; return (z0, h_t as first seen, before edits).
 
     h_edit replaces h on the first `edit_steps` resumed U-Net calls (1 = the paper's single step).
+    clip_x0 clamps each predicted x0 to [-clip_x0, clip_x0], as diffusers' `clip_sample` does when
+    sampling from noise; it breaks exact inversion, so resuming an inverted image leaves it off.
     """
     if not 0 <= t_index < len(grid.timesteps):
         raise ValueError(f"t_index {t_index} outside the {len(grid.timesteps)}-step grid")
@@ -106,11 +109,14 @@ def resume(
     hook = hspace_hook(backbone.unet, capture={0}, replace=h_edit, calls=set(range(edit_steps)))
     with hook as rec:
         for i in tqdm(range(t_index, -1, -1), desc="resume", disable=not progress, leave=False):
-            out = backbone.split_output(
-                backbone.predict(z, grid.timesteps[i], cond), z, grid.alphas[i]
-            )
+            a = grid.alphas[i]
+            out = backbone.split_output(backbone.predict(z, grid.timesteps[i], cond), z, a)
+            x0, eps = out.x0, out.eps
+            if clip_x0 is not None:
+                x0 = x0.clamp(-clip_x0, clip_x0)
+                eps = (z - a**0.5 * x0) / (1 - a) ** 0.5
             a_to = grid.alpha_before(i)
-            z = a_to**0.5 * out.x0 + (1 - a_to) ** 0.5 * out.eps
+            z = a_to**0.5 * x0 + (1 - a_to) ** 0.5 * eps
     return z, rec.captured[0]
 
 
