@@ -100,12 +100,52 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_command(args.out, args.n, args.steps, args.t)
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="Table 2: reconstruction metrics of SAEs and baselines")
+    p.add_argument("--store", type=Path, required=True, help="activation store folder")
+    p.add_argument("--sae", type=Path, nargs="+", default=[], help="SAE folder(s), e.g. a sweep")
+    p.add_argument("--baseline", type=Path, nargs="+", default=[], help="saved baseline folder(s)")
+    p.add_argument(
+        "--fit-pca", type=int, nargs="+", default=[], metavar="L", help="fit PCA-L on train split"
+    )
+    p.add_argument(
+        "--random",
+        type=int,
+        nargs="?",
+        const=512,
+        default=None,
+        metavar="L",
+        help="add the random baseline with L latents (default 512)",
+    )
+    p.add_argument("--threshold-k", default="auto", help="auto (95%% sparsity), an int, or none")
+    p.add_argument("--target-sparsity", type=float, default=0.95, help="for --threshold-k auto")
+    p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: STORE/../eval)")
+    p.add_argument("--batch", type=int, default=64, help="images per batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-image", action="store_true", help="keep active values of every image")
+    p.add_argument(
+        "--spliced", type=int, default=0, metavar="N", help="spliced fidelity on N images"
+    )
+    p.add_argument("--data", type=Path, default=None, help="image folder (for --spliced)")
+    p.add_argument("--model", default="toy", help="diffusion model (for --spliced)")
+    p.add_argument("--t", type=float, default=0.7, help="(--spliced) if the store lacks t")
+    p.add_argument("--steps", type=int, default=50, help="(--spliced) if the store lacks steps")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from hsae.evaluate import eval_command
+
+    return eval_command(args)
+
+
 COMMANDS = {
     "data": (_add_data, _cmd_data),
     "extract": (_add_extract, _cmd_extract),
     "train": (_add_train, _cmd_train),
     "roundtrip": (_add_roundtrip, _cmd_roundtrip),
     "demo": (_add_demo, _cmd_demo),
+    "eval": (_add_eval, _cmd_eval),
 }
 
 

@@ -76,7 +76,7 @@ def run_demo(out: Path, n_images: int = 512, steps: int = 50, t: float = 0.7) ->
     summary = {
         "store": str(store_dir),
         "shape": list(store.shape),
-        "dtype": store.meta["dtype"],
+        "dtype": str(store.dtype),
         "size_mb": round(size_mb, 2),
         "timestep": store.meta["timestep"],
         "t": t,
