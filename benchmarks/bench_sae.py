@@ -2,6 +2,13 @@
 
     .venv/bin/python benchmarks/bench_sae.py --repeats 5 --steps 10 --json sae_bench.json
 
+With the peers, from a throwaway venv that has them beside torch (the project's deps stay clean):
+
+    python3 -m venv /tmp/peervenv && /tmp/peervenv/bin/pip install torch==2.13.0 safetensors \
+        sae-lens einops scipy scikit-learn pillow tqdm
+    /tmp/peervenv/bin/pip install --no-deps overcomplete   # it declares torchvision + timm
+    PYTHONPATH=src /tmp/peervenv/bin/python benchmarks/bench_sae.py
+
 Contenders, each a full training step (forward, loss, backward, Adam step) on 8192 tokens of
 66 values (K=8: 64 values + 2 ζ context dims) into L=512 latents:
 
@@ -44,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from hsae.sae import build_sae, make_config
 from hsae.sae.channel_aware import ZETA_HIDDEN
@@ -342,7 +348,9 @@ def main() -> None:
     contenders = {**train, **ceil}
     steps = {name: a.steps for name in contenders}
     sq_flop = 2 * a.square**3
-    steps[f"square {a.square} matmul"] = max(1, round(a.steps * 6 * 2 * n * d * a.latents / sq_flop))
+    steps[f"square {a.square} matmul"] = max(
+        1, round(a.steps * 6 * 2 * n * d * a.latents / sq_flop)
+    )
 
     load = _loadavg()
     t0 = time.perf_counter()
@@ -354,7 +362,10 @@ def main() -> None:
     flop[f"square {a.square} matmul"] = sq_flop
     gflops = {name: flop[name] / min(s) / 1e9 for name, s in secs.items()}
     gflops_med = {name: flop[name] / statistics.median(s) / 1e9 for name, s in secs.items()}
-    shape_ceiling, peak = gflops_med["6 matmuls @ step shape"], gflops_med[f"square {a.square} matmul"]
+    shape_ceiling, peak = (
+        gflops_med["6 matmuls @ step shape"],
+        gflops_med[f"square {a.square} matmul"],
+    )
     rows = []
     for name, s in secs.items():
         med = statistics.median(s)
@@ -387,8 +398,13 @@ def main() -> None:
             "python": platform.python_version(),
             "threads": a.threads,
             "loadavg_before": load,
-            "shape": {"tokens": n, "images": n_img, "channels": a.channels, "d": d,
-                      "latents": a.latents},
+            "shape": {
+                "tokens": n,
+                "images": n_img,
+                "channels": a.channels,
+                "d": d,
+                "latents": a.latents,
+            },
             "step_matmul_gflop": step_flop / 1e9,
             "steps": steps,
             "repeats": a.repeats,

@@ -348,7 +348,7 @@ def spliced_fidelity_many(
         return backbone.decode(z), h
 
     x_clean, h = run()
-    shared = {"n_images": len(images), "timestep": inv.timestep, "steps": steps}
+    shared: dict[str, float] = {"n_images": len(images), "timestep": inv.timestep, "steps": steps}
     shared.update(_pix(x_clean, images, "clean_vs_input"))
     if mean_ablation:  # the "zero-ablation" reference: h_t replaced by the batch mean of h_t
         x_abl, _ = run(h.mean(dim=0, keepdim=True).expand_as(h).clone())
@@ -536,20 +536,20 @@ def fit_baselines(
     store: Any, pca: Sequence[int], random_latents: int | None, batch: int, seed: int
 ) -> dict[str, BaseSAE]:
     """PCA-L fitted on the train split (all rows if unpartitioned) and the random baseline."""
-    from hsae.sae import build_sae, make_config
+    from hsae.sae import PCABaseline, build_sae, make_config
     from hsae.train import split_indices
 
     _, c, k, _ = store.shape
     train_rows = split_indices(store, "train")
     out: dict[str, BaseSAE] = {}
     for n in pca:
-        model = build_sae(make_config("pca", c, k, n_latents=n))
-        model.fit(store.iter_batches(max(batch, n), indices=train_rows))  # type: ignore[attr-defined]
-        out[model_name(model, f"fitted on {len(train_rows)} train images")] = model
+        pca_model = PCABaseline(make_config("pca", c, k, n_latents=n))
+        pca_model.fit(store.iter_batches(max(batch, n), indices=train_rows))
+        out[model_name(pca_model, f"fitted on {len(train_rows)} train images")] = pca_model
     if random_latents is not None:
         torch.manual_seed(seed)  # the matrices are a fixed function of --seed
-        model = build_sae(make_config("random", c, k, n_latents=random_latents))
-        out[model_name(model, f"seed {seed}")] = model
+        rnd = build_sae(make_config("random", c, k, n_latents=random_latents))
+        out[model_name(rnd, f"seed {seed}")] = rnd
     return out
 
 
