@@ -389,7 +389,7 @@ def main() -> None:
             row["speed_vs_plain"] = ref / statistics.median(secs[row["contender"]])
 
     params = param_table(a.latents)
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    command = shlex.join([sys.executable, *sys.argv])
     print_report(a, command, rows, params, notes, versions, load, wall)
     if a.json:
         result = {

@@ -1,4 +1,4 @@
-"""`hsae demo` end to end on a tiny random pixel DDPM standing in for the toy model."""
+"""`hsae demo` and `hsae roundtrip` end to end on the tiny random pixel DDPM of conftest."""
 
 from __future__ import annotations
 
@@ -6,33 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from hsae.cli import main
 
 
-def _tiny_pixel_model(path: Path) -> Path:
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=32,
-        block_out_channels=(8, 16, 16),
-        norm_num_groups=4,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D",) * 3,
-        up_block_types=("UpBlock2D",) * 3,
-        attention_head_dim=8,
-    )
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(path)
-    return path
-
-
 def test_demo_runs_and_summarises(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    pixel_pipeline_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("HSAE_TOY_MODEL", str(_tiny_pixel_model(tmp_path / "model")))
+    monkeypatch.setenv("HSAE_TOY_MODEL", str(pixel_pipeline_dir))
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--n", "12", "--steps", "4"]) == 0
     summary = json.loads((out / "demo_summary.json").read_text())
@@ -47,8 +32,10 @@ def test_demo_runs_and_summarises(
     assert '"store"' in capsys.readouterr().out
 
 
-def test_roundtrip_cli_writes_one_row_per_step_count(tmp_path: Path) -> None:
-    model = _tiny_pixel_model(tmp_path / "model")
+def test_roundtrip_cli_writes_one_row_per_step_count(
+    tmp_path: Path, pixel_pipeline_dir: Path
+) -> None:
+    model = pixel_pipeline_dir
     assert main(["data", "toyfaces", "--n", "20", "--out", str(tmp_path / "data")]) == 0
     out = tmp_path / "rt.json"
     args = ["roundtrip", "--data", str(tmp_path / "data"), "--model", str(model), "--n", "2"]
