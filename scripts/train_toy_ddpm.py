@@ -71,6 +71,12 @@ def main() -> None:
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument(
+        "--prediction-type",
+        choices=["epsilon", "v_prediction"],
+        default="epsilon",
+        help="training target; v_prediction avoids ε's 1/sqrt(ᾱ) blow-up of x0 near t = T",
+    )
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -81,7 +87,11 @@ def main() -> None:
     torch.manual_seed(a.seed)
     unet = UNet2DModel(**UNET_CONFIG)
     ema = copy.deepcopy(unet).requires_grad_(False)
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    sched = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type=a.prediction_type,
+    )
     opt = torch.optim.AdamW(unet.parameters(), lr=a.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(a.seed)
     step = 0
@@ -108,7 +118,10 @@ def main() -> None:
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         for g in opt.param_groups:
             g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
-        loss = (unet(xt, t).sample - noise).pow(2).mean()
+        target = (
+            noise if a.prediction_type == "epsilon" else ab.sqrt() * noise - (1 - ab).sqrt() * x0
+        )
+        loss = (unet(xt, t).sample - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
