@@ -79,6 +79,13 @@ class DiffusionBackbone:
                 f"bundled toy model not found at {source} (expected model_index.json there); "
                 "retrain it with `make retrain-toy` or set HSAE_TOY_MODEL"
             )
+        looks_local = source.startswith(("/", ".", "~")) or Path(source).exists()
+        if looks_local and not (Path(source).expanduser() / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"model folder {source} has no model_index.json: expected a diffusers pipeline "
+                "folder (model_index.json, unet/, scheduler/, ...)"
+            )
+        source = str(Path(source).expanduser()) if looks_local else source
         try:
             index = DiffusionPipeline.load_config(source)
         except Exception as e:  # network, missing folder, bad JSON: one message for all
