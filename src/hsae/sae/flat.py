@@ -14,16 +14,12 @@ from hsae.sae.base import BaseSAE, SAEConfig
 from hsae.sae.registry import register
 
 
-@register("flat")
-class FlatSAE(BaseSAE):
-    """ReLU codes with an L1 penalty on the flattened h. Codes: (B, L)."""
+class FlatLayout(BaseSAE):
+    """Shared layout of every one-token-per-image model: the whole C·K·K vector in, codes (B, L),
+    a linear encoder/decoder pair W_enc (d, L) / W_dec (L, d). Not registered itself."""
 
     code_axes: ClassVar[tuple[str, ...]] = ("latent",)
     contexts: ClassVar[tuple[str, ...]] = ("none",)
-
-    def __init__(self, cfg: SAEConfig) -> None:
-        super().__init__(cfg)
-        self._init_params(cfg.d_in)
 
     @classmethod
     def token_dim(cls, n_channels: int, spatial: int) -> int:
@@ -41,3 +37,12 @@ class FlatSAE(BaseSAE):
         k = self.cfg.spatial
         out = codes @ self.W_dec + self.b_dec
         return out.reshape(codes.shape[0], self.cfg.n_channels, k, k)
+
+
+@register("flat")
+class FlatSAE(FlatLayout):
+    """ReLU codes with an L1 penalty on the flattened h. Codes: (B, L)."""
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__(cfg)
+        self._init_params(cfg.d_in)

@@ -14,21 +14,19 @@ i.e. a per-element mean squared error of about L·‖h‖² (Table 2 reports MSE
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from hsae.sae.base import BaseSAE, SAEConfig
+from hsae.sae.base import SAEConfig
+from hsae.sae.flat import FlatLayout
 from hsae.sae.registry import register
 
 
 @register("random")
-class RandomBaseline(BaseSAE):
+class RandomBaseline(FlatLayout):
     """Linear encoder/decoder with fixed N(0, 1) entries; codes (B, L) dense and signed."""
-
-    code_axes: ClassVar[tuple[str, ...]] = ("latent",)
-    contexts: ClassVar[tuple[str, ...]] = ("none",)
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -39,30 +37,13 @@ class RandomBaseline(BaseSAE):
         self.register_buffer("W_dec", torch.randn(n, d))
         self.register_buffer("b_dec", torch.zeros(d))
 
-    @classmethod
-    def token_dim(cls, n_channels: int, spatial: int) -> int:
-        return n_channels * spatial * spatial
-
     @staticmethod
     def expected_sq_error_ratio(d_in: int, n_latents: int) -> float:
         """E‖ĥ − h‖² / ‖h‖² over the draw of the matrices: d·L + 1 (see the module docstring)."""
         return float(d_in * n_latents + 1)
 
-    def target_tokens(self, h: Tensor) -> Tensor:
-        return h.flatten(1)
-
     def activation(self, pre: Tensor) -> Tensor:
         return pre  # "two normal matrices": a purely linear map
-
-    def pre_activation(self, h: Tensor, image_index: Tensor | None = None) -> Tensor:
-        self.check_input(h)
-        return self.target_tokens(h) @ self.W_enc + self.b_enc
-
-    def decode(self, codes: Tensor) -> Tensor:
-        self.check_codes(codes, ())
-        k = self.cfg.spatial
-        out = codes @ self.W_dec + self.b_dec
-        return out.reshape(codes.shape[0], self.cfg.n_channels, k, k)
 
     def fit(self, batches: Iterable[Any] = (), max_images: int | None = None) -> RandomBaseline:
         """No-op with `PCABaseline.fit`'s signature: nothing is learned, nothing is read (so an
