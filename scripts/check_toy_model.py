@@ -19,15 +19,14 @@ import torch
 
 from hsae.backbone import DiffusionBackbone
 from hsae.classifier import load_default
+from hsae.data import parse_celeba_attributes
 from hsae.demo import ddim_samples, save_grid
 from hsae.io_utils import atomic_write_json
 
 
 def data_frequencies(data: Path) -> tuple[list[str], np.ndarray]:
-    lines = (data / "list_attr_celeba.txt").read_text().splitlines()
-    names = lines[1].split()
-    vals = np.array([[int(v) for v in ln.split()[1:]] for ln in lines[2:] if ln.strip()])
-    return names, (vals > 0).mean(0)
+    _, names, values = parse_celeba_attributes(data / "list_attr_celeba.txt")
+    return names, (values > 0).mean(0)
 
 
 def main() -> int:

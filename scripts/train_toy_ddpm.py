@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from PIL import Image
 
+from hsae.classifier import load_labelled_split
 from hsae.io_utils import atomic_write_bytes, atomic_write_json
 
 UNET_CONFIG = dict(
@@ -38,12 +38,8 @@ UNET_CONFIG = dict(
 
 
 def load_train_images(data: Path) -> torch.Tensor:
-    parts = (data / "list_eval_partition.txt").read_text().split("\n")
-    names = [ln.split()[0] for ln in parts if ln.strip() and ln.split()[1] == "0"]
-    arr = np.stack(
-        [np.asarray(Image.open(data / "img_align_celeba" / n).convert("RGB")) for n in names]
-    )
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # uint8 N,3,H,W
+    """uint8 (N, 3, H, W) of the train split (partition 0)."""
+    return load_labelled_split(data, 0)[0]
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:

@@ -21,6 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from hsae.data import parse_celeba_attributes, parse_partition
 from hsae.io_utils import atomic_write_bytes, atomic_write_json, read_json
 from hsae.toyfaces import ATTRIBUTES
 
@@ -253,19 +254,15 @@ def load_labelled_split(
     for f in ("list_attr_celeba.txt", "list_eval_partition.txt", "img_align_celeba"):
         if not (data / f).exists():
             raise FileNotFoundError(f"{data / f} not found: is {data} a CelebA-layout folder?")
-    lines = (data / "list_attr_celeba.txt").read_text().splitlines()
-    header = lines[1].split()
+    files_all, header, values = parse_celeba_attributes(data / "list_attr_celeba.txt")
     missing = sorted(set(names) - set(header))
     if missing:
         raise ValueError(f"attributes {missing} not in {data / 'list_attr_celeba.txt'}")
     cols = [header.index(a) for a in names]
-    parts = dict(ln.split() for ln in (data / "list_eval_partition.txt").read_text().splitlines())
-    files, rows = [], []
-    for ln in lines[2:]:
-        tok = ln.split()
-        if tok and (split is None or parts.get(tok[0]) == str(split)):
-            files.append(tok[0])
-            rows.append([int(tok[1 + c]) > 0 for c in cols])
+    parts = parse_partition(data / "list_eval_partition.txt")
+    keep = [i for i, f in enumerate(files_all) if split is None or parts.get(f) == split]
+    files = [files_all[i] for i in keep]
+    rows = values[keep][:, cols] > 0
     if not files:
         raise ValueError(f"no images with partition {split} in {data}")
     arrays = []
@@ -273,7 +270,7 @@ def load_labelled_split(
         with Image.open(data / "img_align_celeba" / f) as im:
             arrays.append(np.asarray(im.convert("RGB")))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor(rows, dtype=torch.bool)
+    return images, torch.from_numpy(rows)
 
 
 __all__ = [

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hsae.roundtrip import psnr
 from hsae.sae import BaseSAE, choose_k_for_sparsity, sparsity, threshold_codes
 from hsae.sae.threshold import codes_as_tokens
 
@@ -308,11 +309,6 @@ def evaluate_run(
 
 
 # ----- spliced fidelity ---------------------------------------------------------------------------
-def psnr(mse: float, data_range: float = 2.0) -> float:
-    """PSNR in dB for images in [-1, 1]."""
-    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
-
-
 def _pix(a: Tensor, b: Tensor, tag: str) -> dict[str, float]:
     mse = float((a - b.to(a)).pow(2).mean())
     return {f"mse_{tag}": mse, f"psnr_{tag}": psnr(mse)}
