@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -148,18 +150,35 @@ COMMANDS = {
     "eval": (_add_eval, _cmd_eval),
 }
 
+# Stage modules that own their sub-command: `register(sub)` adds a parser whose defaults carry
+# `func(args) -> int`. A module not written yet is skipped; any other import error is raised.
+STAGE_MODULES = (
+    "hsae.edit",
+    "hsae.features",
+    "hsae.editbench",
+    "hsae.counterfactual",
+    "hsae.interpolate",
+    "hsae.probe",
+    "hsae.report",
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)
+    for name in STAGE_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command not in COMMANDS:
+            return int(args.func(args))
         return COMMANDS[args.command][1](args)
     except (OSError, ValueError, KeyError) as e:
         # Input errors end with one clear line, not a traceback.
