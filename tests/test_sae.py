@@ -377,3 +377,28 @@ def test_planted_dictionary_is_recovered(one_thread: None) -> None:
         sae.normalize_decoder()  # the trainer's job when cfg.unit_norm_decoder
     assert atoms_recovered(sae, atoms) >= 0.8
     assert out["l0"].item() < 8  # sparse: a few of 64 latents per token
+
+
+@pytest.mark.parametrize("context", ["channel+image", "channel", "none"])
+def test_fused_channel_aware_loss_matches_the_base_loss(context: str) -> None:
+    """The 2-D training path of ChannelAwareSAE.loss equals eq. 8 as BaseSAE computes it."""
+    from hsae.sae.base import BaseSAE
+
+    torch.manual_seed(0)
+    cfg = make_config("channel_aware", 5, 3, n_latents=12, l1_coeff=0.3, context=context,
+                      n_train_images=4)  # fmt: skip
+    sae = build_sae(cfg)
+    h, idx = torch.randn(4, 5, 3, 3), torch.arange(4)
+    fused = sae.loss(h, idx)
+    g_fused = torch.autograd.grad(fused["loss"], list(sae.parameters()), allow_unused=True)
+    base = BaseSAE.loss(sae, h, idx)
+    g_base = torch.autograd.grad(base["loss"], list(sae.parameters()), allow_unused=True)
+    for key in ("loss", "mse", "l1", "l0"):
+        torch.testing.assert_close(fused[key], base[key])
+    for a, b in zip(g_fused, g_base, strict=True):
+        if a is None or b is None:  # the dropped context dims of W_dec / b_dec get no gradient
+            assert (a is None or not a.any()) and (b is None or not b.any())
+        else:
+            torch.testing.assert_close(a, b)
+    codes = sae.encode(h, idx)
+    assert torch.equal(fused["fired"], (codes > 0).reshape(-1, 12).any(0))

@@ -298,7 +298,8 @@ class DeadLatents:
     """Steps since each latent last fired on any token; dead = silent for cfg.dead_steps steps.
 
     TopK SAEs keep this count themselves (`steps_since_fired`, saved with their weights), so it
-    is read from there; for the others the codes are caught by a forward hook during `loss`.
+    is read from there; a loss that reports `fired` (the channel-aware SAE's fused loss) is
+    used as is; for the others the codes are caught by a forward hook during `loss`.
     """
 
     def __init__(self, sae: BaseSAE) -> None:
@@ -315,13 +316,15 @@ class DeadLatents:
         return own if isinstance(own, Tensor) else None
 
     @torch.no_grad()
-    def update(self, h: Tensor, image_index: Tensor) -> None:
+    def update(self, h: Tensor, image_index: Tensor, fired: Tensor | None = None) -> None:
         codes, self.codes = self.codes, None
         if self._own() is not None:
             return
-        if codes is None:  # an architecture whose loss() bypasses forward()
-            codes = self.sae.encode(h, image_index)
-        fired = (codes != 0).reshape(-1, self.sae.cfg.n_latents).any(0).cpu()
+        if fired is None:
+            if codes is None:  # an architecture whose loss() bypasses forward()
+                codes = self.sae.encode(h, image_index)
+            fired = (codes != 0).reshape(-1, self.sae.cfg.n_latents).any(0)
+        fired = fired.cpu()
         self.since += 1
         self.since[fired] = 0
 
@@ -407,7 +410,7 @@ def _train_step(run: _Run, h: Tensor, idx: Tensor) -> dict[str, float]:
     run.opt.step()
     if cfg.unit_norm_decoder:
         sae.normalize_decoder()
-    run.dead.update(h, idx)
+    run.dead.update(h, idx, out.get("fired"))
     return values
 
 
@@ -651,7 +654,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder (SAE, checkpoint, logs)")
     p.add_argument(
         "--architecture",
-        choices=["channel_aware", "flat", "topk_channel", "spatial_topk"],
+        choices=["channel_aware", "flat", "topk_channel", "spatial_topk", "beta_vae"],
         help=f"SAE architecture (default {d['architecture']})",
     )
     p.add_argument("--latents", type=int, help=f"number of latents L (default {d['latents']})")

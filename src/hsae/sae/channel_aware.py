@@ -110,6 +110,25 @@ class ChannelAwareSAE(BaseSAE):
         self.check_codes(codes, (self.cfg.n_channels,))
         return codes @ self.W_dec + self.b_dec
 
+    def loss(self, h: Tensor, image_index: Tensor | None = None) -> dict[str, Tensor]:
+        """Eq. 8, equal to the base loss but written on a 2-D token matrix (the training hot
+        path): the context dims are never decoded (Drop discards them), |α| = α after ReLU, and L0
+        and `fired` ((L,) bool: which latents fired, for the trainer's dead-latent count) come
+        from cheap reductions, so no reshaped copy of the (B·C, L) codes is made.
+        """
+        d = self.cfg.d_in
+        x = self.tokens(h, image_index).reshape(-1, d + self.n_context)
+        codes = torch.relu(torch.addmm(self.b_enc, x, self.W_enc))
+        x_hat = torch.addmm(self.b_dec[:d], codes, self.W_dec[:, :d])
+        n = x.shape[0]
+        mse = (x_hat - x[:, :d]).pow(2).sum() / n
+        l1 = codes.sum() / n
+        with torch.no_grad():  # sign/amax: counting via (codes > 0).sum() costs 2 matmuls
+            l0 = codes.sign().sum(dtype=torch.float64).to(mse.dtype) / n
+            fired = codes.amax(0) > 0
+        return {"loss": mse + self.cfg.l1_coeff * l1, "mse": mse, "l1": l1, "l0": l0,
+                "fired": fired}  # fmt: skip
+
     def decode(self, codes: Tensor) -> Tensor:
         k = self.cfg.spatial
         out = self.decode_full(codes)[..., : self.cfg.d_in]  # Drop_{ρ,μ}
