@@ -68,6 +68,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument(
+        "--export-at-checkpoint",
+        action="store_true",
+        help="save the checkpoint's EMA weights as the pipeline now, without training further",
+    )
+    p.add_argument(
         "--prediction-type",
         choices=["epsilon", "v_prediction"],
         default="epsilon",
@@ -105,7 +110,7 @@ def main() -> None:
 
     acp = sched.alphas_cumprod
     t0, losses = time.time(), []
-    while step < a.steps:
+    while step < a.steps and not a.export_at_checkpoint:
         idx = torch.randint(0, len(images), (a.batch,), generator=gen)
         x0 = images[idx].float() / 127.5 - 1
         noise = torch.randn(x0.shape, generator=gen)
@@ -151,7 +156,8 @@ def main() -> None:
                 },
             )
     DDPMPipeline(unet=ema, scheduler=sched).save_pretrained(a.out, safe_serialization=True)
-    atomic_write_json(a.out / "training_args.json", {k: str(v) for k, v in vars(a).items()})
+    args = {k: str(v) for k, v in vars(a).items()}
+    atomic_write_json(a.out / "training_args.json", {**args, "exported_at_step": step})
     plot_loss(log_path, a.out / "loss_curve.png")
     print(f"saved EMA pipeline to {a.out}")
 
@@ -166,7 +172,7 @@ def plot_loss(log_path: Path, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] for r in recs], [r["loss"] for r in recs])
     ax.set(
-        xlabel="step", ylabel="ε-MSE (mean of 20 steps)", yscale="log", title="toy DDPM training"
+        xlabel="step", ylabel="target MSE (mean of 20 steps)", yscale="log", title="toy DDPM training"
     )
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -46,7 +46,7 @@ def planted_data(n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.
     """h (n, C, K, K), ±1 labels (n, 3) and the constant pattern's per-image amplitude.
 
     A puts 3·P on channel 1; B *removes* 3·Q from channel 3 (present without B, so a detector
-    of Q is anti-correlated with B); channel 2 always holds (4 + u)·R; "Noise" is independent.
+    of Q is anti-correlated with B); channel 2 holds exactly (4 + u)·R; "Noise" is independent.
     """
     rng = np.random.default_rng(seed)
     y = rng.random((n, 3)) < 0.5
@@ -55,7 +55,7 @@ def planted_data(n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.
     h = 0.05 * rng.standard_normal((n, C, K * K))
     h[:, 1] += 3 * y[:, [0]] * P
     h[:, 3] += 3 * ~y[:, [1]] * Q
-    h[:, CONST_CH] += (4 + amp)[:, None] * R
+    h[:, CONST_CH] = (4 + amp)[:, None] * R  # noise-free: the amplitude alone orders the images
     return h.reshape(n, C, K, K).astype(np.float32), np.where(y, 1, -1).astype(np.int8), amp
 
 

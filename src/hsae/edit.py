@@ -99,10 +99,11 @@ def resume_variants(
     first: list[Tensor] = []
 
     def hook(h: Tensor) -> Tensor:
+        rows = edited.to(h.device)
         out = h.clone()
-        out[edited] = row_edit(h[edited], variant[edited]).to(h)
+        out[rows] = row_edit(h[rows], variant[edited]).to(h)
         if not first:  # the h̃ of the first edited step, for Δ
-            first.append(out[edited].detach().clone())
+            first.append(out[rows].detach().clone())
         return out
 
     z = inv.z_t.repeat_interleave(r, dim=0)

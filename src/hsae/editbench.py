@@ -42,6 +42,12 @@ none keeps it, the one preserving most. The test images (held out from both the 
 and this one) are then edited at the chosen strengths only, and those numbers fill the table; the
 validation sweep is in editbench.json.
 
+Edited steps. The paper edits h_t at a single step (`--edit-steps 1`, the default). Resumed DDIM
+steps re-derive the image from z, which one step's edit moves little, so on the toy model such
+edits barely reach the pixels (even a mean-difference step of 150% of ‖h‖ changes pixels by ~1%);
+`--edit-steps N` (or `all`) applies the same edit to the h of the first N resumed steps, an
+Asyrp-style editing interval, and gives measurable flips.
+
 Mode. `error_preserving` (default) edits h̃ = h + (κ − 1)·α_k·w_k: κ = 1 is the unedited image bit
 for bit, so every pixel change is the edit's. `reconstruction` (the paper's) also swaps h for the
 SAE's reconstruction, so its SAE rows mix the edit with the SAE's reconstruction error, while the
@@ -472,7 +478,8 @@ def held_out_run(
             strengths.append(np.full(int(group.sum()), s, dtype=np.float64))
     idx_a = np.concatenate(idx) if idx else np.zeros(0, np.int64)
     s_a = np.concatenate(strengths) if strengths else np.zeros(0)
-    keep = {i for i, img in enumerate(idx_a) if img in set(examples.tolist())}
+    wanted = set(examples.tolist())
+    keep = {i for i, img in enumerate(idx_a) if img in wanted}
     metrics, kept = run_rows(runner, images, classifier, method, target, idx_a, s_a, batch, keep)
     out = {}
     for direction, group in (("add", ~has), ("remove", has)):
@@ -900,7 +907,9 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     cfg.check()
     inputs = load_inputs(args, cfg)
     doc = run_editbench(inputs, cfg)
-    doc["settings"].update(model=inputs.runner.backbone.model_id, data=str(args.data))
+    runner = inputs.runner
+    model = runner.backbone.model_id if isinstance(runner, DiffusionRunner) else None
+    doc["settings"].update(model=model, data=str(args.data))
     out = args.out or Path(args.store).parent / "editbench"
     return write_editbench(Path(out), doc)
 

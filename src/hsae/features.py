@@ -69,7 +69,7 @@ class CodeScan:
     sum: np.ndarray  # (D,) float64
     fire: np.ndarray  # (D,) int64: images where the component is > 0
     max: np.ndarray  # (D,) float64
-    top_values: np.ndarray  # (n_top, D) descending per column
+    top_values: np.ndarray  # (n_top, D) float32, descending per column
     top_rows: np.ndarray  # (n_top, D) store rows (-1: fewer images than n_top)
     attribute_names: list[str] = field(default_factory=list)
     labelled_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -140,8 +140,8 @@ def scan_codes(
         rows=rows,
         sum=np.zeros(d),
         fire=np.zeros(d, np.int64),
-        max=np.zeros(d),
-        top_values=np.full((n_top, d), -np.inf),
+        max=np.full(d, -np.inf),  # -inf, not 0: dense baselines have signed codes
+        top_values=np.full((n_top, d), -np.inf, np.float32),
         top_rows=np.full((n_top, d), -1, np.int64),
         attribute_names=names if labels is not None else [],
         labelled_rows=lab_rows.astype(np.int64),
@@ -164,7 +164,7 @@ def scan_codes(
             scan.fire += (c > 0).sum(0).numpy()
             scan.max = np.maximum(scan.max, c.amax(0).double().numpy())
             r = torch.from_numpy(idx[in_stats[pos]])
-            vals = torch.cat([top_v, c.double()])
+            vals = torch.cat([top_v, c])
             rws = torch.cat([top_r, r[:, None].expand(-1, c.shape[1])])
             top_v, which = vals.topk(n_top, dim=0)
             top_r = rws.gather(0, which)
@@ -425,16 +425,18 @@ def resolve_threshold_k(
 
 
 def resolve_data_dir(store: Any, data: Path | str | None) -> Path | None:
-    """--data, else an image folder the store's meta records (if it still exists), else None."""
+    """--data, else an image folder the store records (if it still exists), else None."""
     if data is not None:
         data = Path(data)
         if not data.is_dir():
             raise FileNotFoundError(f"--data {data} is not a folder (expected the store's images)")
         return data
-    meta = getattr(store, "meta", {}) or {}
-    for key in DATA_META_KEYS:
-        if isinstance(meta.get(key), str) and Path(meta[key]).is_dir():
-            return Path(meta[key])
+    # Recorded under the run meta, or at the manifest's top level (outside what resume compares).
+    for where in (getattr(store, "meta", {}), getattr(store, "manifest", {})):
+        for key in DATA_META_KEYS:
+            value = (where or {}).get(key)
+            if isinstance(value, str) and Path(value).is_dir():
+                return Path(value)
     return None
 
 

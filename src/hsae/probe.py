@@ -387,10 +387,10 @@ def _score_table(doc: Mapping[str, Any], metric: str) -> list[str]:
         "| attribute | test positives | " + " | ".join(m["name"] for m in methods) + " |",
         "|---|" + "---:|" * (len(methods) + 1),
     ]
-    rows = [(a, doc["results"], doc["positive_rate_test"][a]) for a in doc["attributes"]]
-    for attr, res, pos in rows:
+    res, pos = doc["results"], doc["positive_rate_test"]
+    for attr in doc["attributes"]:
         vals = {m["key"]: res[m["key"]][attr][metric] for m in methods}
-        lines.append(_score_row(attr, f"{100 * pos:.0f} %", methods, vals, learned))
+        lines.append(_score_row(attr, f"{100 * pos[attr]:.0f} %", methods, vals, learned))
     means = {m["key"]: doc["mean"][m["key"]][metric] for m in methods}
     lines.append(_score_row("**mean**", "", methods, means, learned))
     return lines

@@ -301,17 +301,22 @@ STAGES = tuple(Stage(*row) for row in (
     ("probe", "Attribute probes (Table 1)", "probe",
      "hsae probe --store {run}/acts --sae {run}/sae --out {run}/probe",
      "Logistic regression per attribute on the top-512 code components and baselines."),
-    ("features", "Top features", "features", "hsae features ... --out {run}/features",
+    ("features", "Top features", "features",
+     "hsae features --store {run}/acts --sae {run}/sae --data DATA --out {run}/features",
      "The most used SAE features and the images that activate them most."),
-    ("edits", "Edit grids", "edit*", "hsae edit ... --out {run}/edit",
+    ("edits", "Edit grids", "edit*",
+     "hsae edit --sae {run}/sae --image IMG --component C:J --kappa K --out {run}/edit",
      "Scaling one SAE component of h_t at one timestep and resuming the diffusion."),
-    ("editbench", "Edit benchmark", "editbench", "hsae editbench ... --out {run}/editbench",
+    ("editbench", "Edit benchmark", "editbench",
+     "hsae editbench --store {run}/acts --sae {run}/sae --data DATA --out {run}/editbench",
      "Edits judged by the attribute classifier: target flips and collateral changes."),
     ("counterfactual", "Counterfactuals", "counterfactual",
-     "hsae counterfactual ... --out {run}/counterfactual",
+     "hsae counterfactual --sae {run}/sae --component C:J --kappa K --data DATA "
+     "--out {run}/counterfactual",
      "An edit, then its inverse on the re-encoded result (paper §4.6.1)."),
-    ("interpolate", "Interpolations", "interpolate", "hsae interpolate ... --out {run}/interpolate",
-     "Walks between codes, as a grid and an animation."),
+    ("interpolate", "Interpolations", "interpolate",
+     "hsae interpolate --sae {run}/sae --a IMG_A --b IMG_B --out {run}/interpolate",
+     "Walks between two images in SAE space, as a grid and an animation."),
 ))
 # fmt: on
 
@@ -515,7 +520,7 @@ def plot_sparsity(stats: dict[str, Any], target: float) -> bytes:
     if stats["thresholded"] is not None:
         series.append((f"thresholded, k={stats['threshold_k']}", stats["thresholded"]))
     lo = min(float(s.min()) for _, s in series)
-    bins = np.linspace(min(lo, target) - 1e-3, 1.0, 41)
+    bins = np.linspace(min(lo, target) - 1e-3, 1.0, 41).tolist()
     for label, s in series:
         ax.hist(s, bins=bins, alpha=0.6, label=label)
     ax.axvline(target, color="k", linestyle="--", linewidth=1, label=f"target {target:g}")
