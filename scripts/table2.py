@@ -26,11 +26,11 @@ from hsae.io_utils import atomic_write_text, read_json
 
 # name -> `hsae train` flags (on top of --store/--out/--steps)
 SWEEP: dict[str, list[str]] = {
-    **{f"ca-l1-{lam:g}": ["--l1", f"{lam:g}"] for lam in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)},
+    **{f"ca-l1-{lam:g}": ["--l1", f"{lam:g}"] for lam in (0.03, 0.1, 0.3, 1.0)},
     "ca-ctx-channel": ["--l1", "0.1", "--context", "channel"],
     "ca-ctx-none": ["--l1", "0.1", "--context", "none"],
-    **{f"topk-k{k}": ["--architecture", "topk_channel", "--k", str(k)] for k in (2, 8, 32)},
-    **{f"spatial-k{k}": ["--architecture", "spatial_topk", "--k", str(k)] for k in (8, 32, 128)},
+    **{f"topk-k{k}": ["--architecture", "topk_channel", "--k", str(k)] for k in (4, 16)},
+    **{f"spatial-k{k}": ["--architecture", "spatial_topk", "--k", str(k)] for k in (16, 64)},
     "flat": ["--architecture", "flat", "--l1", "0.1"],
     "beta-vae-16": ["--architecture", "beta_vae", "--latents", "16", "--l1", "1e-3"],
     "beta-vae-512": ["--architecture", "beta_vae", "--latents", "512", "--l1", "1e-3"],
@@ -102,9 +102,9 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("data/toyfaces"))
     p.add_argument("--ood-data", type=Path, default=Path("data/toyfaces-shifted"))
     p.add_argument("--out", type=Path, default=Path("runs/table2"))
-    p.add_argument("--n", type=int, default=2048, help="images of --data to extract")
-    p.add_argument("--n-ood", type=int, default=512, help="images of --ood-data to extract")
-    p.add_argument("--steps", type=int, default=3000, help="training steps per SAE")
+    p.add_argument("--n", type=int, default=1536, help="images of --data to extract")
+    p.add_argument("--n-ood", type=int, default=384, help="images of --ood-data to extract")
+    p.add_argument("--steps", type=int, default=2000, help="training steps per SAE")
     p.add_argument("--spliced", type=int, default=16, help="images for spliced fidelity")
     a = p.parse_args()
     acts, ood = make_stores(a)

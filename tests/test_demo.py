@@ -10,26 +10,33 @@ from PIL import Image
 
 from hsae.cli import main
 
+STAGE_OUTPUTS = ("eval", "features", "probe", "editbench", "edit", "counterfactual", "interpolate")
 
-def test_demo_runs_and_summarises(
+
+def test_demo_runs_every_stage_and_resumes(
     tmp_path: Path,
     pixel_pipeline_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The whole method through `hsae demo` on the tiny random DDPM: every stage writes its
+    table, the report links them, and a second run skips what is done."""
     monkeypatch.setenv("HSAE_TOY_MODEL", str(pixel_pipeline_dir))
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n", "12", "--steps", "4"]) == 0
+    argv = ["demo", "--out", str(out), "--n", "80", "--steps", "4", "--sae-steps", "30"]
+    assert main(argv) == 0
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert summary["shape"] == [12, 16, 8, 8]
-    assert summary["dtype"] == "float16"
-    assert (
-        summary["timestep"]
-        == json.loads((out / "acts" / "manifest.json").read_text())["meta"]["timestep"]
-    )
+    assert set(summary["stage_seconds"]) == {"data", "extract", "sae", *STAGE_OUTPUTS}
+    for stage in STAGE_OUTPUTS:
+        assert (out / stage / "table.md").is_file(), stage
+    html = (out / "report" / "index.html").read_text()
+    for section in ("reconstruction", "probe", "features", "editbench", "interpolate"):
+        assert f'id="{section}"' in html
     grid = Image.open(summary["grid"])
     assert grid.size == (8 * 32 * 3, 3 * 32 * 3)  # 8 columns, 3 rows, upscaled 3x
-    assert '"store"' in capsys.readouterr().out
+    assert "report:" in capsys.readouterr().out
+    assert main(argv) == 0  # resumes: nothing left to do but the grid and the report
+    assert json.loads((out / "demo_summary.json").read_text())["stage_seconds"] == {}
 
 
 def test_roundtrip_cli_writes_one_row_per_step_count(

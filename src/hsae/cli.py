@@ -94,12 +94,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=512, help="toyfaces images to extract")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--t", type=float, default=0.7)
+    p.add_argument("--sae-steps", type=int, default=1500, help="SAE training steps")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hsae.demo import demo_command
 
-    return demo_command(args.out, args.n, args.steps, args.t)
+    return demo_command(args.out, args.n, args.steps, args.t, args.sae_steps)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
