@@ -4,7 +4,6 @@ benchmark must rank the methods correctly, and the command through a tiny real U
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +21,6 @@ C, S, L = 3, 4, 6  # h = the image itself: 3 channels of 4×4
 N, N_TRAIN, N_VAL = 60, 36, 12  # the last 12 rows are the test split
 AMP = 1.5  # amplitude of the planted patterns
 BIAS = 0.45  # detector threshold: α = ⟨x, pattern⟩ − BIAS
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _patterns() -> tuple[Tensor, Tensor, Tensor]:

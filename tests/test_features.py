@@ -4,7 +4,6 @@ their sign), max-activating images and the `hsae features` command."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,6 @@ C, K, L = 4, 3, 6
 N, N_TRAIN, N_VAL = 120, 80, 10  # the remaining 30 rows are the test split
 ATTRS = ["A", "B", "Noise"]
 CONST_CH, CONST_LAT = 2, 3  # planted top component: fires on every image, strongest mean
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _orthonormal(n: int, seed: int = 1) -> list[np.ndarray]:

@@ -4,7 +4,6 @@ streamed top-column selection matches an in-memory computation, and the CLI writ
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,6 @@ C, K, L = 8, 3, 16
 N_TRAIN, N_VAL, N_TEST = 240, 20, 100
 N = N_TRAIN + N_VAL + N_TEST
 NAMES = ["Signal", "Noise", "Rare"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def planted_direction(seed: int = 0) -> np.ndarray:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,6 @@ C, K, N = 4, 3, 40
 SPLITS = [0] * 28 + [1] * 4 + [2] * 8
 # loss curves + histogram + 8 stage <img>: 7 image files, the edit grid also shown from table.md
 EXPECTED_IMAGES = 10
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_png(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (8, 6)) -> None:

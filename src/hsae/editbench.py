@@ -738,7 +738,7 @@ def format_editbench_table(doc: dict[str, Any]) -> str:
             if m not in r["test"]:
                 continue
             comp = r["components"][m]
-            label = comp.get("component", f"|d|={comp.get('norm', 0):.3g}")
+            label = comp.get("component", f"‖d‖={comp.get('norm', 0):.3g}")
             if m != "mean_diff":
                 label += " (+)" if comp.get("sign", 1) > 0 else " (−)"
             cells = [attr, m, label]
