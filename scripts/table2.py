@@ -4,8 +4,8 @@ scored on held-out images, in distribution (test split) and out of distribution 
     python scripts/table2.py --data data/toyfaces --ood-data data/toyfaces-shifted --out runs/table2
 
 Stages (each skipped when its output exists, so a stopped run resumes where it was):
-1. activation stores: the first --n images of --data (CelebA partitions: train/val/test), and
-   --n-ood images of --ood-data (made with `hsae data toyfaces --shifted` if missing);
+1. activation stores: the first --n train and --n-test test images of --data (CelebA partitions),
+   and --n-ood images of --ood-data (made with `hsae data toyfaces --shifted` if missing);
 2. SAEs with `hsae train`: the channel-aware λ sweep, its three context options, TopK-channel and
    spatial-TopK k sweeps, the flat SAE, β-VAE 16 and 512;
 3. baselines fitted on the train split and saved: PCA-L for several L, random-512;
@@ -33,7 +33,6 @@ SWEEP: dict[str, list[str]] = {
     **{f"spatial-k{k}": ["--architecture", "spatial_topk", "--k", str(k)] for k in (16, 64)},
     "flat": ["--architecture", "flat", "--l1", "0.1"],
     "beta-vae-16": ["--architecture", "beta_vae", "--latents", "16", "--l1", "1e-3"],
-    "beta-vae-512": ["--architecture", "beta_vae", "--latents", "512", "--l1", "1e-3"],
 }
 PCA_LATENTS = (16, 64, 256, 512, 1024)
 
@@ -49,15 +48,19 @@ def store_ready(path: Path) -> bool:
     return m.is_file() and bool(read_json(m, what="store manifest").get("complete"))
 
 
-def make_stores(a: argparse.Namespace) -> tuple[Path, Path]:
-    acts, ood = a.out / "acts", a.out / "acts-ood"
+def make_stores(a: argparse.Namespace) -> tuple[Path, Path, Path]:
+    acts, test, ood = a.out / "acts", a.out / "acts-test", a.out / "acts-ood"
     if not store_ready(acts):
-        hsae("extract", "--data", str(a.data), "--out", str(acts), "--limit", str(a.n))
+        hsae("extract", "--data", str(a.data), "--out", str(acts), "--split", "train",
+             "--limit", str(a.n))  # fmt: skip
+    if not store_ready(test):
+        hsae("extract", "--data", str(a.data), "--out", str(test), "--split", "test",
+             "--limit", str(a.n_test))  # fmt: skip
     if not a.ood_data.exists():
         hsae("data", "toyfaces", "--shifted", "--n", str(a.n_ood), "--out", str(a.ood_data))
     if not store_ready(ood):
         hsae("extract", "--data", str(a.ood_data), "--out", str(ood), "--limit", str(a.n_ood))
-    return acts, ood
+    return acts, test, ood
 
 
 def train_sweep(a: argparse.Namespace, acts: Path) -> list[Path]:
@@ -102,16 +105,17 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("data/toyfaces"))
     p.add_argument("--ood-data", type=Path, default=Path("data/toyfaces-shifted"))
     p.add_argument("--out", type=Path, default=Path("runs/table2"))
-    p.add_argument("--n", type=int, default=1536, help="images of --data to extract")
+    p.add_argument("--n", type=int, default=1536, help="train images of --data to extract")
+    p.add_argument("--n-test", type=int, default=256, help="test images of --data to extract")
     p.add_argument("--n-ood", type=int, default=384, help="images of --ood-data to extract")
     p.add_argument("--steps", type=int, default=2000, help="training steps per SAE")
     p.add_argument("--spliced", type=int, default=16, help="images for spliced fidelity")
     a = p.parse_args()
-    acts, ood = make_stores(a)
+    acts, test, ood = make_stores(a)
     saes = [str(s) for s in train_sweep(a, acts)]
     baselines = [str(b) for b in fit_baselines(a, acts)]
     ev = ["--sae", *saes, "--baseline", *baselines]
-    hsae("eval", "--store", str(acts), *ev, "--out", str(a.out / "eval"),
+    hsae("eval", "--store", str(test), *ev, "--out", str(a.out / "eval"),
          "--spliced", str(a.spliced), "--data", str(a.data))  # fmt: skip
     hsae("eval", "--store", str(ood), "--split", "all", *ev, "--out", str(a.out / "eval-ood"))
     text = "\n".join(
