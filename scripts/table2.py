@@ -114,7 +114,7 @@ def main() -> None:
     acts, test, ood = make_stores(a)
     saes = [str(s) for s in train_sweep(a, acts)]
     baselines = [str(b) for b in fit_baselines(a, acts)]
-    ev = ["--sae", *saes, "--baseline", *baselines]
+    ev = ["--sae", *saes, "--baseline", *baselines, "--k-store", str(acts)]
     hsae("eval", "--store", str(test), *ev, "--out", str(a.out / "eval"),
          "--spliced", str(a.spliced), "--data", str(a.data))  # fmt: skip
     hsae("eval", "--store", str(ood), "--split", "all", *ev, "--out", str(a.out / "eval-ood"))

@@ -223,3 +223,28 @@ def test_spliced_identity_is_lossless_and_a_bad_sae_is_not(make_pixel_backbone) 
     assert res["zero"]["mse_spliced_vs_clean"] > 0 and res["zero"]["recovered"] < 1.0
     one = E.spliced_fidelity(backbone, images, ident, t=0.5, steps=4, mean_ablation=False)
     assert one["mse_spliced_vs_clean"] == 0.0 and "recovered" not in one
+
+
+def test_k_store_chooses_k_on_another_stores_train_split(store, tmp_path: Path) -> None:
+    """A held-out store with only test rows is evaluated with k chosen on the training store."""
+    h = synthetic_h(24, seed=3)
+    w = ActivationStoreWriter.open(
+        tmp_path / "test-only",
+        meta={"model": {"model_id": "unit"}, "t": 0.7, "timestep": 701, "steps": 10, "prompt": ""},
+        shape=(C, K, K),
+        dtype="float32",
+        shard_size=16,
+        ids=[f"t{i:03d}.png" for i in range(24)],
+        splits=[2] * 24,
+    )
+    for i in w.pending_shards():
+        a, b = w.shard_rows(i)
+        w.write_shard(i, h[a:b])
+    held_out = ActivationStore(tmp_path / "test-only")
+    models = {"sae": channel_sae()}
+    with pytest.raises(ValueError, match="train"):
+        E.evaluate_run(held_out, models, split="test", k_for_threshold="auto")
+    rows = E.evaluate_run(held_out, models, split="test", k_for_threshold="auto", k_store=store)
+    k_direct, _ = E.choose_threshold_k(models["sae"], store, E.train_sample_rows(store))
+    thr = next(r for r in rows if r["thresholded"])
+    assert thr["threshold_k"] == k_direct and thr["n_images"] == 24

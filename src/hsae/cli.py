@@ -122,6 +122,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threshold-k", default="auto", help="auto (95%% sparsity), an int, or none")
     p.add_argument("--target-sparsity", type=float, default=0.95, help="for --threshold-k auto")
+    p.add_argument(
+        "--k-store",
+        type=Path,
+        default=None,
+        help="store whose train split chooses k for --threshold-k auto (default --store)",
+    )
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: STORE/../eval)")
     p.add_argument("--batch", type=int, default=64, help="images per batch")

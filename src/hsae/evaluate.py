@@ -281,14 +281,16 @@ def evaluate_run(
     batch: int = 64,
     target: float = TARGET_SPARSITY,
     seed: int = 0,
+    k_store: Any = None,
 ) -> list[dict[str, Any]]:
     """One row per model on `split` (raw codes), plus a thresholded row for each sparse SAE.
 
-    k_for_threshold: "auto" (per SAE, `choose_threshold_k` on a train sample), an int (the same k
-    for every SAE) or None (no thresholded rows).
+    k_for_threshold: "auto" (per SAE, `choose_threshold_k` on a train sample of `k_store`, default
+    `store`), an int (the same k for every SAE) or None (no thresholded rows).
     """
     rows_idx = split_rows(store, split)
-    sample = train_sample_rows(store, seed=seed) if k_for_threshold == "auto" else None
+    k_store = store if k_store is None else k_store
+    sample = train_sample_rows(k_store, seed=seed) if k_for_threshold == "auto" else None
     out: list[dict[str, Any]] = []
     for name, model in models.items():
         check_compatible(model, store, name)
@@ -298,7 +300,7 @@ def evaluate_run(
             continue
         extra: dict[str, Any] = {"thresholded": True}
         if sample is not None:
-            k, reached = choose_threshold_k(model, store, sample, target)
+            k, reached = choose_threshold_k(model, k_store, sample, target)
             extra.update(k_target_sparsity=target, k_sample_sparsity=reached)
         else:
             k = int(k_for_threshold)
@@ -605,7 +607,10 @@ def eval_command(args: Any) -> int:
         raise ValueError(
             "nothing to evaluate: give --sae DIR, --baseline DIR, --fit-pca or --random"
         )
-    rows = evaluate_run(store, models, args.split, k, args.batch, args.target_sparsity, args.seed)
+    k_store = ActivationStore(args.k_store) if getattr(args, "k_store", None) else None
+    rows = evaluate_run(
+        store, models, args.split, k, args.batch, args.target_sparsity, args.seed, k_store
+    )
     if not args.per_image:  # one count per eval image: large, so only on request
         for r in rows:
             r.pop("active_values")
@@ -614,6 +619,7 @@ def eval_command(args: Any) -> int:
         "split": args.split,
         "threshold_k": k,
         "target_sparsity": args.target_sparsity,
+        "k_store": str(getattr(args, "k_store", None) or args.store),
         "batch": args.batch,
         "seed": args.seed,
         "store_meta": {x: store.meta.get(x) for x in ("t", "timestep", "steps", "prompt")},
