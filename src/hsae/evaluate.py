@@ -537,6 +537,8 @@ def fit_baselines(
     from hsae.sae import PCABaseline, build_sae, make_config
     from hsae.train import split_indices
 
+    if not pca and random_latents is None:  # nothing to fit: a test-only store is fine
+        return {}
     _, c, k, _ = store.shape
     train_rows = split_indices(store, "train")
     out: dict[str, BaseSAE] = {}
