@@ -24,7 +24,7 @@ from hsae.io_utils import atomic_write_json, read_json
 
 # The toy model's single-step h edits barely reach the pixels (see README, "Edits"): edits in the
 # demo act on every resumed step, the intervention window this project adds to Algorithm 2.
-EDIT_ATTRIBUTES = ("Eyeglasses", "Wearing_Hat", "Blond_Hair", "Smiling")
+EDIT_ATTRIBUTES = ("Eyeglasses", "Wearing_Hat", "Blond_Hair")
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -127,7 +127,14 @@ def demo_stages(
         _hsae(_cmd("interpolate", a=img / a, b=img / b, sae=sae, frames=7, h_baseline=True,
                    out=run / "interpolate"))  # fmt: skip
 
-    bench = {"attributes": EDIT_ATTRIBUTES, "n_images": 16, "n_val": 12, "edit_steps": "all"}
+    bench = {
+        "attributes": EDIT_ATTRIBUTES,
+        "n_images": 12,
+        "n_val": 8,
+        "kappas": [0, 5, 25, 100, 400],
+        "scales": [1, 2, 4],
+        "edit_steps": "all",
+    }
 
     def pca() -> dict[str, object]:  # PCA-L needs L train images; tiny test runs have fewer
         n_train = sum(
