@@ -129,11 +129,7 @@ def test_text_baseline_on_a_conditional_model(sd_backbone):
 
 
 # ----- command line -----------------------------------------------------------------------------
-def main(argv: list[str]) -> int:
-    stages = ("hsae.edit", "hsae.counterfactual", "hsae.interpolate")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "STAGE_MODULES", stages)
-        return cli.main(argv)
+main = cli.main
 
 
 @pytest.fixture(scope="module")

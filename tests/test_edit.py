@@ -192,12 +192,7 @@ def test_cache_root_precedence(monkeypatch, tmp_path):
 
 
 # ----- command line ----------------------------------------------------------------------------
-def main(argv: list[str]) -> int:
-    """hsae's CLI with only this issue's stage modules (others may be mid-edit)."""
-    stages = ("hsae.edit", "hsae.counterfactual", "hsae.interpolate")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "STAGE_MODULES", stages)
-        return cli.main(argv)
+main = cli.main
 
 
 @pytest.fixture(scope="module")

@@ -76,11 +76,7 @@ def test_window_and_z_interp_a(case):
         interpolate_pair(bb, sae, inv, 3, window=9)
 
 
-def main(argv: list[str]) -> int:
-    stages = ("hsae.edit", "hsae.counterfactual", "hsae.interpolate")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "STAGE_MODULES", stages)
-        return cli.main(argv)
+main = cli.main
 
 
 def test_cli_interpolate(tmp_path, pixel_pipeline_dir):
