@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from hsae import cli
-from hsae.edit import edit_batch, parse_mask, resolve_threshold_k, top_components
-from hsae.evaluate import sae_edit
+from hsae.edit import edit_batch, parse_mask, top_components
+from hsae.evaluate import resolve_threshold_k, sae_edit
 from hsae.intervene import Component, intervene
 from hsae.inversion_cache import InversionCache, cache_key, cache_root, invert_cached, model_key
 from hsae.invert import invert, resume
@@ -103,6 +104,8 @@ def test_window_edits_more_steps(case):
     three = edit_batch(bb, sae, inv, [comp], [5.0], "error_preserving", window=3)
     assert torch.equal(one.h_edit, three.h_edit)  # the first step is the same edit
     assert (one.images - three.images).abs().max() > 1e-6
+    every = edit_batch(bb, sae, inv, [comp], [5.0], "error_preserving", window="all")
+    assert torch.equal(every.images, three.images)  # t = 0.5 of 4 steps: 3 resumed steps
     with pytest.raises(ValueError, match="window"):
         edit_batch(bb, sae, inv, [comp], [5.0], window=4)
     with pytest.raises(ValueError, match="component"):
@@ -126,9 +129,11 @@ def test_parse_mask():
 def test_resolve_threshold_k_auto_without_store():
     sae = tiny_sae()
     h = torch.randn(3, 16, 8, 8).abs()
-    k, note = resolve_threshold_k(sae, "auto", None, h, 0.5)
-    assert 1 <= k <= 8 and "no store" in note
-    assert resolve_threshold_k(sae, None, None, h) == (None, "none")
+    k, info = resolve_threshold_k(sae, "auto", None, h, 0.5)
+    assert 1 <= k <= 8 and "no store" in info["how"] and info["target_sparsity"] == 0.5
+    assert resolve_threshold_k(sae, None, None, h) == (None, {"threshold_k": None, "how": "none"})
+    with pytest.raises(ValueError, match="--store"):
+        resolve_threshold_k(sae, "auto", None, None)
     assert resolve_threshold_k(sae, 3, None, None)[0] == 3
     with pytest.raises(ValueError, match="threshold-k"):
         resolve_threshold_k(sae, 9, None, None)
@@ -292,3 +297,12 @@ def test_toy_model_smoke(tmp_path):
     assert torch.equal(res.images[:, 0], res.reference)
     assert int(res.delta[0, 1]) > 0 and res.n_neurons == c * k * k
     assert isinstance(comp, Component)
+
+
+def test_parse_window():
+    from hsae.edit import parse_window
+
+    assert parse_window("3") == 3 and parse_window("ALL") == "all"
+    for bad in ("0", "-1", "some"):
+        with pytest.raises(argparse.ArgumentTypeError, match="step count"):
+            parse_window(bad)

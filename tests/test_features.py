@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from hsae import features as F
 from hsae.cli import main
+from hsae.evaluate import resolve_threshold_k
 from hsae.intervene import encode_tokens
 from hsae.sae import build_sae, make_config
 from hsae.store import ActivationStore, ActivationStoreWriter
@@ -177,13 +178,13 @@ def test_candidates_agree_with_exhaustive_auroc(planted: dict) -> None:
 
 def test_resolve_threshold_k(planted: dict) -> None:
     store, sae = planted["store"], planted["sae"]
-    assert F.resolve_threshold_k(sae, store, "none")[0] is None
-    assert F.resolve_threshold_k(sae, store, "3")[0] == 3
-    k, info = F.resolve_threshold_k(sae, store, "auto", target=0.9)
-    assert 1 <= k <= L and info["target_sparsity"] == 0.9
+    assert resolve_threshold_k(sae, "none", store)[0] is None
+    assert resolve_threshold_k(sae, "3", store)[0] == 3
+    k, info = resolve_threshold_k(sae, "auto", store, target=0.9)
+    assert 1 <= k <= L and info["target_sparsity"] == 0.9 and "train rows" in info["how"]
     for bad in ("0", "abc", str(L + 1)):
         with pytest.raises(ValueError, match="threshold-k"):
-            F.resolve_threshold_k(sae, store, bad)
+            resolve_threshold_k(sae, bad, store)
 
 
 # ----- the command --------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def sae_counterfactual(
     mode: str = "reconstruction",
     threshold_k: int | None = None,
     mask: Tensor | None = None,
-    window: int = 1,
+    window: int | str = 1,
     prompt: str = "",
 ) -> tuple[Tensor, Counterfactual]:
     """(x_rec, SAE edit with κ and its undoing with 1/κ) for the images of `inv`."""
@@ -150,7 +150,7 @@ def direction_counterfactual(
     inv: Inversion,
     direction: Tensor,
     scale: float = 1.0,
-    window: int = 1,
+    window: int | str = 1,
     prompt: str = "",
 ) -> Counterfactual:
     """Baseline: h + s·d, re-invert, h − s·d."""

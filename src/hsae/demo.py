@@ -114,12 +114,12 @@ def demo_stages(
         kappas = [0, 1, 2, 4, 8]
         mode = "error_preserving"
         _hsae(_cmd("edit", image=images, sae=sae, component=comp, kappa=kappas, mode=mode,
-                   window=_window(t, steps), out=run / "edit"))  # fmt: skip
+                   window="all", out=run / "edit"))  # fmt: skip
 
     def counterfactual() -> None:
         comp, _ = _best_component(run, "Eyeglasses")
         _hsae(_cmd("counterfactual", data=data, split="test", n=6, sae=sae, component=comp,
-                   kappa=4, attribute="Eyeglasses", window=_window(t, steps),
+                   kappa=4, attribute="Eyeglasses", window="all",
                    out=run / "counterfactual"))  # fmt: skip
 
     def interpolate() -> None:
@@ -160,13 +160,6 @@ def demo_stages(
         ("counterfactual", counterfactual),
         ("interpolate", interpolate),
     ]
-
-
-def _window(t: float, steps: int) -> int:
-    """Number of resumed steps from t (the whole denoising path of an edit)."""
-    from hsae.invert import ddim_grid
-
-    return ddim_grid(DiffusionBackbone.load("toy"), steps).index_for(t) + 1
 
 
 def _done(run: Path, stage: str) -> bool:

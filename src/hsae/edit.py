@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from hsae.backbone import DiffusionBackbone
+from hsae.evaluate import is_sparse, parse_threshold_k, resolve_threshold_k
 from hsae.intervene import (
     MODES,
     Component,
@@ -70,10 +71,27 @@ class VariantRun:
     h_first: Tensor  # (B, V, C, K, K) h̃ used at the first edited step
 
 
-def check_window(window: int, inv: Inversion) -> None:
+def parse_window(value: str | int) -> int | str:
+    """--window: a positive number of resumed steps, or "all" (t down to 0)."""
+    if isinstance(value, str) and value.lower() == "all":
+        return "all"
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a step count or 'all', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a step count >= 1 or 'all', got {n}")
+    return n
+
+
+def window_steps(window: int | str, inv: Inversion) -> int:
+    """The number of edited resumed steps; "all" is every step from t down to 0."""
     n = inv.t_index + 1
-    if not 1 <= window <= n:
+    if window == "all":
+        return n
+    if not 1 <= int(window) <= n:
         raise ValueError(f"--window must be in 1..{n} (the resumed steps from t), got {window}")
+    return int(window)
 
 
 @torch.no_grad()
@@ -82,7 +100,7 @@ def resume_variants(
     inv: Inversion,
     row_edit: RowEdit,
     n_variants: int,
-    window: int = 1,
+    window: int | str = 1,
     prompt: str = "",
     reference: bool = True,
     progress: bool = False,
@@ -92,7 +110,7 @@ def resume_variants(
     Rows are image-major: image b's rows are [reference?, variant 0, …, variant V−1]. The reference
     row's h is never touched, so it is exactly the plain invert → resume of that image.
     """
-    check_window(window, inv)
+    window = window_steps(window, inv)
     b, r = inv.z_t.shape[0], n_variants + int(reference)
     variant = torch.arange(r).repeat(b) - int(reference)  # −1 marks reference rows
     edited = variant >= 0
@@ -179,7 +197,7 @@ def edit_batch(
     mode: str = "reconstruction",
     threshold_k: int | None = None,
     mask: Tensor | None = None,
-    window: int = 1,
+    window: int | str = 1,
     prompt: str = "",
     reference: bool = True,
     progress: bool = False,
@@ -272,42 +290,6 @@ def parse_mask(specs: Sequence[str] | None, k: int) -> Tensor | None:
     return mask
 
 
-def is_sparse(sae: BaseSAE) -> bool:
-    from hsae.evaluate import is_sparse as _is_sparse
-
-    return _is_sparse(sae)
-
-
-def resolve_threshold_k(
-    sae: BaseSAE, spec: int | str | None, store: Any, h: Tensor | None, target: float = 0.95
-) -> tuple[int | None, str]:
-    """(k, how it was chosen) for a parsed --threshold-k (int, "auto" or None).
-
-    auto: `choose_threshold_k` on a train-split sample of the store; without a store, the k giving
-    `target` sparsity on the edited images' own codes `h` (said so in the note).
-    """
-    if spec is None or not is_sparse(sae):
-        why = "none" if spec is None else f"none ({sae.cfg.architecture} codes are dense)"
-        return None, why
-    if isinstance(spec, int):
-        if not 1 <= spec <= sae.cfg.n_latents:
-            raise ValueError(f"--threshold-k must be in 1..{sae.cfg.n_latents}, got {spec}")
-        return spec, f"{spec} (given)"
-    from hsae.evaluate import choose_threshold_k, train_sample_rows
-    from hsae.sae import choose_k_for_sparsity, sparsity, threshold_codes
-
-    if store is not None:
-        rows = train_sample_rows(store)
-        k, s = choose_threshold_k(sae, store, rows, target)
-        return k, f"{k} (auto: sparsity {s:.3f} on {len(rows)} train rows of {store.path})"
-    if h is None:
-        raise ValueError("--threshold-k auto needs --store or the images' h")
-    codes = encode_tokens(sae, h)
-    k = choose_k_for_sparsity(codes, target)
-    s = sparsity(threshold_codes(codes, k))
-    return k, f"{k} (auto: sparsity {s:.3f} on the {len(h)} edited image(s); no store)"
-
-
 # ----- command-line set-up shared by edit / counterfactual / interpolate --------------------------
 def add_setup_arguments(p: argparse.ArgumentParser, edit_options: bool = True) -> None:
     """Options every SAE-edit command shares (model, SAE, store, inversion, threshold, cache)."""
@@ -325,7 +307,12 @@ def add_setup_arguments(p: argparse.ArgumentParser, edit_options: bool = True) -
     p.add_argument("--prompt", default=None, help="conditioning prompt (default: store's, '')")
     p.add_argument("--threshold-k", default="auto", help="auto (95%% sparsity), an int, or none")
     p.add_argument("--target-sparsity", type=float, default=0.95, help="for --threshold-k auto")
-    p.add_argument("--window", type=int, default=1, help="edit the first N resumed steps")
+    p.add_argument(
+        "--window",
+        type=parse_window,
+        default=1,
+        help="edit the h of the first N resumed steps, or 'all' (default 1: the paper's)",
+    )
     if edit_options:
         p.add_argument("--mode", choices=MODES, default="reconstruction")
         p.add_argument(
@@ -360,7 +347,7 @@ class EditSetup:
     target_sparsity: float
     cache: InversionCache | None
     progress: bool
-    _k: tuple[int | None, str] | None = field(default=None, repr=False)
+    _k: tuple[int | None, dict[str, Any]] | None = field(default=None, repr=False)
 
     def invert(self, images: Tensor) -> Inversion:
         return invert_cached(
@@ -379,7 +366,7 @@ class EditSetup:
 
     @property
     def k_note(self) -> str:
-        return self._k[1] if self._k is not None else "unresolved"
+        return self._k[1]["how"] if self._k is not None else "unresolved"
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -418,7 +405,6 @@ def check_hspace(backbone: DiffusionBackbone, sae: BaseSAE, sae_path: Path | str
 
 
 def load_setup(args: argparse.Namespace) -> EditSetup:
-    from hsae.evaluate import parse_threshold_k
     from hsae.sae import load_sae
 
     spec = parse_threshold_k(args.threshold_k)

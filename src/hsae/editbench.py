@@ -75,11 +75,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from hsae.directions import direction_hook, mean_difference
+from hsae.evaluate import resolve_threshold_k
 from hsae.features import (
     CodeScan,
     best_components_per_attribute,
     load_rows_images,
-    resolve_threshold_k,
     scan_codes,
     split_rows_or_none,
 )
@@ -542,7 +542,9 @@ def run_editbench(inputs: BenchInputs, cfg: EditBenchConfig) -> dict[str, Any]:
     store, sae, clf = inputs.store, inputs.sae, inputs.classifier
     names = benchmark_attributes(inputs, cfg)
     val_rows, test_rows, val_source = bench_rows(store, cfg)
-    k, k_info = resolve_threshold_k(sae, store, cfg.threshold_k, cfg.target_sparsity, cfg.seed)
+    k, k_info = resolve_threshold_k(
+        sae, cfg.threshold_k, store, None, cfg.target_sparsity, cfg.seed
+    )
     train = split_rows_or_none(store, "train")
     if train is None:
         raise ValueError(f"activation store {store.path} has no train split to choose edits on")

@@ -514,6 +514,44 @@ def parse_threshold_k(value: str | int | None) -> int | str | None:
     return k
 
 
+def resolve_threshold_k(
+    sae: BaseSAE,
+    spec: str | int | None,
+    store: Any = None,
+    h: Tensor | None = None,
+    target: float = TARGET_SPARSITY,
+    seed: int = 0,
+) -> tuple[int | None, dict[str, Any]]:
+    """--threshold-k (auto, none, K or their parsed forms) → (k or None, how it was chosen).
+
+    auto: `choose_threshold_k` on a train-split sample of `store`; without a store, the k giving
+    `target` sparsity on the codes of `h` (the edited images themselves; said so under "how").
+    Dense baselines (PCA, β-VAE, random) are never thresholded.
+    """
+    spec = parse_threshold_k(spec)
+    if spec is None:
+        return None, {"threshold_k": None, "how": "none"}
+    if not is_sparse(sae):
+        return None, {"threshold_k": None, "how": f"none ({sae.cfg.architecture} codes are dense)"}
+    if isinstance(spec, int):
+        if spec > sae.cfg.n_latents:
+            n = sae.cfg.n_latents
+            raise ValueError(f"--threshold-k {spec} exceeds the {n} latents of the SAE (1..{n})")
+        return spec, {"threshold_k": spec, "how": f"{spec} (given)"}
+    if store is not None:
+        rows = train_sample_rows(store, seed=seed)
+        k, s = choose_threshold_k(sae, store, rows, target)
+        how = f"{k} (auto: sparsity {s:.3f} on {len(rows)} train rows of {store.path})"
+    elif h is not None:
+        tokens = codes_as_tokens(sae.eval().encode(h.to(sae.W_enc.dtype)))
+        k = choose_k_for_sparsity(tokens, target)
+        s = sparsity(threshold_codes(tokens, k))
+        how = f"{k} (auto: sparsity {s:.3f} on the {len(h)} edited image(s); no store)"
+    else:
+        raise ValueError("--threshold-k auto needs an activation store (--store) or the images' h")
+    return k, {"threshold_k": k, "target_sparsity": target, "sample_sparsity": s, "how": how}
+
+
 def load_checked(path: Path, store: Any) -> BaseSAE:
     """load_sae(path) with the store/SAE shape check naming both paths."""
     from hsae.sae import load_sae

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from hsae.evaluate import resolve_threshold_k
 from hsae.intervene import encode_tokens, n_tokens
 from hsae.sae.base import BaseSAE
 
@@ -405,25 +406,6 @@ def _finite(x: float) -> float | None:
 
 
 # ----- threshold and images -----------------------------------------------------------------------
-def resolve_threshold_k(
-    sae: BaseSAE, store: Any, value: str | int | None, target: float = 0.95, seed: int = 0
-) -> tuple[int | None, dict[str, Any]]:
-    """--threshold-k auto|K|none → (k or None, how it was chosen). Dense baselines: None."""
-    from hsae.evaluate import choose_threshold_k, is_sparse, parse_threshold_k, train_sample_rows
-
-    k = parse_threshold_k(value)
-    if k is None:
-        return None, {"threshold_k": None}
-    if not is_sparse(sae):
-        return None, {"threshold_k": None, "note": f"{sae.cfg.architecture} codes are dense"}
-    if k == "auto":
-        k, reached = choose_threshold_k(sae, store, train_sample_rows(store, seed=seed), target)
-        return k, {"threshold_k": k, "target_sparsity": target, "sample_sparsity": reached}
-    if not 1 <= int(k) <= sae.cfg.n_latents:
-        raise ValueError(f"--threshold-k must be in [1, L={sae.cfg.n_latents}], got {k}")
-    return int(k), {"threshold_k": int(k)}
-
-
 def resolve_data_dir(store: Any, data: Path | str | None) -> Path | None:
     """--data, else an image folder the store records (if it still exists), else None."""
     if data is not None:
@@ -519,7 +501,9 @@ def run_features(
     stat_rows = np.asarray(store.indices_for_split(cfg.split), dtype=np.int64)
     if stat_rows.size == 0:
         raise ValueError(f"activation store {store.path} has no rows in split {cfg.split!r}")
-    k, k_info = resolve_threshold_k(sae, store, cfg.threshold_k, cfg.target_sparsity, cfg.seed)
+    k, k_info = resolve_threshold_k(
+        sae, cfg.threshold_k, store, None, cfg.target_sparsity, cfg.seed
+    )
     labelled = store.attributes is not None and bool(store.attribute_names)
     train = split_rows_or_none(store, "train")
     train = np.arange(len(store)) if train is None else train

@@ -146,7 +146,7 @@ def sae_method(
     seed: int,
 ) -> Method:
     """The probe method of a sparse SAE checkpoint, with k chosen on a train sample for "auto"."""
-    from hsae.evaluate import choose_threshold_k, is_sparse, load_checked, train_sample_rows
+    from hsae.evaluate import is_sparse, load_checked, resolve_threshold_k
 
     model = load_checked(path, store)
     if not is_sparse(model):
@@ -156,16 +156,11 @@ def sae_method(
         )
     info: dict[str, Any] = {"source": str(path), "architecture": model.cfg.architecture}
     info["n_latents"] = model.cfg.n_latents
-    k: int | None = None
-    if threshold_k == "auto":
-        k, reached = choose_threshold_k(model, store, train_sample_rows(store, seed=seed), target)
-        info.update(threshold_target_sparsity=target, threshold_sample_sparsity=reached)
-    elif threshold_k is not None:
-        k = int(threshold_k)
-        if k > model.cfg.n_latents:
-            raise ValueError(
-                f"--threshold-k {k} exceeds the {model.cfg.n_latents} latents of {path}"
-            )
+    k, how = resolve_threshold_k(model, threshold_k, store, None, target, seed)
+    if "sample_sparsity" in how:
+        info.update(
+            threshold_target_sparsity=target, threshold_sample_sparsity=how["sample_sparsity"]
+        )
     info["threshold_k"] = k
     name = label + (f" k={k}" if k is not None else " unthresholded")
     return Method(key, name, sparse_featurizer(model, k), select_top=True, info=info)

@@ -478,16 +478,14 @@ def code_sparsity(
     """Per-image fraction of zero code values, raw and thresholded (eq. 9), on test rows."""
     import torch
 
-    from hsae.evaluate import choose_threshold_k, is_sparse, load_checked, train_sample_rows
+    from hsae.evaluate import load_checked, resolve_threshold_k
     from hsae.sae.threshold import codes_as_tokens, threshold_codes
     from hsae.store import ActivationStore
 
     store = ActivationStore(acts)
     model = load_checked(sae_dir, store).eval()
     rows, split = eval_rows(store, max_images)
-    k = threshold_k if is_sparse(model) else None
-    if k == "auto":
-        k = choose_threshold_k(model, store, train_sample_rows(store), target)[0]
+    k = resolve_threshold_k(model, threshold_k, store, None, target)[0]
     raw, thr = [], []
     with torch.no_grad():
         for start in range(0, len(rows), batch):
