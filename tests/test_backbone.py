@@ -33,6 +33,24 @@ def test_pixel_geometry(make_pixel_backbone):
     json.dumps(d)
 
 
+def test_weights_fingerprint_tells_retrained_models_apart(pixel_unet, make_pixel_backbone):
+    import copy
+
+    from hsae.backbone import DiffusionBackbone
+
+    config = dict(make_pixel_backbone().scheduler.config)
+
+    def fingerprint(unet) -> str:
+        return DiffusionBackbone(unet, config, model_id="toy").describe()["weights"]
+
+    same = fingerprint(copy.deepcopy(pixel_unet))
+    assert same == fingerprint(pixel_unet) and len(same) == 16
+    other = copy.deepcopy(pixel_unet)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    assert fingerprint(other) != same  # same name "toy", other weights: another model
+
+
 def test_sd_encode_decode_shapes(sd_backbone):
     x = torch.rand((2, 3, 16, 16), generator=torch.Generator().manual_seed(0)) * 2 - 1
     z0 = sd_backbone.encode(x)

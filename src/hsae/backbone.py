@@ -7,6 +7,7 @@ conditioning, and converts any `prediction_type` (epsilon, v_prediction, sample)
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import nn
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TOY_MODEL_DIR = Path(__file__).parent / "assets" / "toy-ddpm"
+FINGERPRINT_VALUES = 256  # values sampled per parameter tensor
 
 
 def toy_model_path() -> Path:
@@ -51,6 +53,7 @@ class DiffusionBackbone:
         )
         self.tokenizer = tokenizer
         self.model_id = model_id
+        self._fingerprint: str | None = None
         # DDIM is rebuilt from the model's own scheduler config, so betas and prediction_type
         # are the ones the model was trained with.
         self.scheduler = DDIMScheduler.from_config(dict(scheduler_config))
@@ -219,7 +222,30 @@ class DiffusionBackbone:
             "prediction_type": self.prediction_type,
             "image_size": self.image_size,
             "latent_shape": list(self.latent_shape),
+            "weights": self.weights_fingerprint(),
         }
+
+    def weights_fingerprint(self) -> str:
+        """Short hash of the U-Net, VAE and text-encoder weights: a strided sample of every
+        parameter, so it is fast even for SD. Computed once (the weights are frozen)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for name in ("unet", "vae", "text_encoder"):
+                _module_digest(h, getattr(self, name), name)
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+
+def _module_digest(h: Any, module: nn.Module | None, name: str) -> None:
+    if module is None:
+        return
+    h.update(name.encode())
+    for key, p in module.state_dict().items():
+        flat = p.detach().reshape(-1)
+        stride = max(1, flat.numel() // FINGERPRINT_VALUES)
+        sample = flat[::stride].to(torch.float64).cpu().contiguous()
+        h.update(f"{key}:{tuple(p.shape)}".encode())
+        h.update(sample.numpy().tobytes())
 
 
 def _load_scheduler_config(source: str, index: dict, model: str) -> dict:

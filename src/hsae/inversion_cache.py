@@ -6,8 +6,8 @@ inputs for inspection. The key is the sha256 of
 
 - the preprocessed image tensor's bytes (float32, (3, H, W) in [-1, 1]: what is inverted, not the
   file, so two files decoding to the same pixels share an entry),
-- the model: `backbone.describe()`, the dtype and a fingerprint of the weights (a strided sample
-  of every parameter), because `describe()` alone says "toy" for any retrained toy model,
+- the model: `backbone.describe()`, which includes a fingerprint of the weights (a strided sample
+  of every parameter: "toy" alone would name any retrained toy model), and the dtype,
 - t, steps and the prompt.
 
 Root: `cache_root(explicit)` = the explicit folder, else $HSAE_CACHE, else ~/.cache/hsae/inversions.
@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import sys
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
-from torch import Tensor, nn
+from torch import Tensor
 
 from hsae.backbone import DiffusionBackbone
 from hsae.invert import Inversion, ddim_grid, invert
@@ -38,8 +37,6 @@ from hsae.io_utils import atomic_write_bytes
 ENV_VAR = "HSAE_CACHE"
 DEFAULT_ROOT = Path("~/.cache/hsae/inversions")
 FORMAT = "hsae-inversion-v1"
-_FINGERPRINT_VALUES = 256  # values sampled per parameter tensor
-_fingerprints: weakref.WeakKeyDictionary[DiffusionBackbone, str] = weakref.WeakKeyDictionary()
 
 
 def cache_root(explicit: Path | str | None = None) -> Path:
@@ -50,36 +47,9 @@ def cache_root(explicit: Path | str | None = None) -> Path:
     return Path(env).expanduser() if env else DEFAULT_ROOT.expanduser()
 
 
-def _module_digest(h: Any, module: nn.Module | None, name: str) -> None:
-    if module is None:
-        return
-    h.update(name.encode())
-    for key, p in module.state_dict().items():
-        flat = p.detach().reshape(-1)
-        stride = max(1, flat.numel() // _FINGERPRINT_VALUES)
-        sample = flat[::stride].to(torch.float64).cpu().contiguous()
-        h.update(f"{key}:{tuple(p.shape)}".encode())
-        h.update(sample.numpy().tobytes())
-
-
-def weights_fingerprint(backbone: DiffusionBackbone) -> str:
-    """Short hash of the U-Net, VAE and text encoder weights (sampled: fast even for SD)."""
-    if backbone not in _fingerprints:
-        h = hashlib.sha256()
-        _module_digest(h, backbone.unet, "unet")
-        _module_digest(h, backbone.vae, "vae")
-        _module_digest(h, backbone.text_encoder, "text_encoder")
-        _fingerprints[backbone] = h.hexdigest()[:16]
-    return _fingerprints[backbone]
-
-
 def model_key(backbone: DiffusionBackbone) -> dict[str, Any]:
-    """The model part of a cache key: describe(), dtype and weights fingerprint."""
-    return {
-        **backbone.describe(),
-        "dtype": str(backbone.dtype),
-        "weights": weights_fingerprint(backbone),
-    }
+    """The model part of a cache key: describe() (which carries the weights fingerprint), dtype."""
+    return {**backbone.describe(), "dtype": str(backbone.dtype)}
 
 
 def cache_key(image: Tensor, model: dict[str, Any], t: float, steps: int, prompt: str) -> str:
