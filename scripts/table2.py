@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from hsae.backbone import DiffusionBackbone
+from hsae.extract import check_store_model
 from hsae.io_utils import atomic_write_text, read_json
 
 # name -> `hsae train` flags (on top of --store/--out/--steps)
@@ -32,7 +34,10 @@ SWEEP: dict[str, list[str]] = {
     **{f"topk-k{k}": ["--architecture", "topk_channel", "--k", str(k)] for k in (4, 16)},
     **{f"spatial-k{k}": ["--architecture", "spatial_topk", "--k", str(k)] for k in (16, 64)},
     "flat": ["--architecture", "flat", "--l1", "0.1"],
-    "beta-vae-16": ["--architecture", "beta_vae", "--latents", "16", "--l1", "1e-3"],
+    **{
+        f"beta-vae-{n}": ["--architecture", "beta_vae", "--latents", str(n), "--l1", "1e-3"]
+        for n in (16, 512)
+    },
 }
 PCA_LATENTS = (16, 64, 256, 512, 1024)
 
@@ -44,7 +49,9 @@ def hsae(*args: str) -> None:
 
 
 def store_ready(path: Path) -> bool:
+    """A complete store made with today's toy model (an older one stops the script)."""
     m = path / "manifest.json"
+    check_store_model(path, DiffusionBackbone.load("toy"))
     return m.is_file() and bool(read_json(m, what="store manifest").get("complete"))
 
 

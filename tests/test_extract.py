@@ -93,6 +93,19 @@ def test_extract_cli_summary_and_shape(
     assert "different meta.t" in capsys.readouterr().err
 
 
+def test_store_from_other_weights_is_refused(tiny: dict[str, Path], reference: Path) -> None:
+    from hsae.extract import check_store_model
+
+    backbone = DiffusionBackbone.load(str(tiny["model"]))
+    check_store_model(reference, backbone)  # the weights it was made with: accepted
+    with torch.no_grad():
+        next(backbone.unet.parameters()).add_(0.5)
+    config = dict(backbone.scheduler.config)
+    retrained = DiffusionBackbone(backbone.unet, config, model_id=backbone.model_id)
+    with pytest.raises(ValueError, match=f"{reference}.*delete the run folder"):
+        check_store_model(reference, retrained)
+
+
 def test_stored_h_equals_direct_capture(tiny: dict[str, Path], reference: Path) -> None:
     backbone = DiffusionBackbone.load(str(tiny["model"]))
     ds = ImageDataset(tiny["data"], backbone.image_size)

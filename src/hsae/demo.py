@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from hsae.backbone import DiffusionBackbone
+from hsae.extract import check_store_model
 from hsae.io_utils import atomic_write_json, read_json
 
 # The toy model's single-step h edits barely reach the pixels (see README, "Edits"): edits in the
@@ -180,6 +181,7 @@ def run_demo(
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    check_store_model(out / "acts", DiffusionBackbone.load("toy"))
     for name, action in demo_stages(out, n_images, steps, t, sae_steps):
         if _done(out, name):
             print(f"[demo] {name}: already done, skipped")

@@ -51,6 +51,23 @@ def run_meta(backbone: DiffusionBackbone, t: float, steps: int, prompt: str) -> 
     }
 
 
+def check_store_model(path: Path, backbone: DiffusionBackbone) -> None:
+    """Refuse a finished store whose h came from other weights (e.g. before the toy was retrained):
+    everything fitted on it would silently describe another model."""
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        return
+    recorded = ActivationStore(path).meta.get("model", {})
+    current = backbone.describe()
+    if recorded != current:
+        raise ValueError(
+            f"activation store {path} was extracted with model {recorded.get('model_id')!r} "
+            f"(weights {recorded.get('weights', 'unrecorded')}), but {backbone.model_id!r} now has "
+            f"weights {current['weights']}: delete the run folder (or pick another output) so "
+            "it is made again with this model"
+        )
+
+
 def _splits(dataset: ImageSource) -> list[int | None] | None:
     records = getattr(dataset, "records", None)
     return None if records is None else [getattr(r, "split", None) for r in records]
