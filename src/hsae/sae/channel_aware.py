@@ -111,20 +111,31 @@ class ChannelAwareSAE(BaseSAE):
         return codes @ self.W_dec + self.b_dec
 
     def loss(self, h: Tensor, image_index: Tensor | None = None) -> dict[str, Tensor]:
-        """Eq. 8, equal to the base loss but written on a 2-D token matrix (the training hot
-        path): the context dims are never decoded (Drop discards them), |α| = α after ReLU, and L0
-        and `fired` ((L,) bool: which latents fired, for the trainer's dead-latent count) come
-        from cheap reductions, so no reshaped copy of the (B·C, L) codes is made.
+        """Eq. 8, equal to the base loss but written on 2-D token matrices (the training hot
+        path). The encoder is split as x W_e = h̄ W_e[:d] + ζ W_e[d:], so the backward pass only
+        needs dL/dζ (N×L by L×2), not dL/dx for all d + 2 columns, and no concatenated copy of
+        the tokens is made; the context dims are never decoded (Drop discards them); |α| = α
+        after ReLU; L0 and `fired` ((L,) bool: which latents fired, for the trainer's dead-latent
+        count) come from cheap reductions.
         """
+        self.check_input(h)
         d = self.cfg.d_in
-        x = self.tokens(h, image_index).reshape(-1, d + self.n_context)
-        codes = torch.relu(torch.addmm(self.b_enc, x, self.W_enc))
+        flat = self.target_tokens(h).reshape(-1, d)
+        if self.zeta is None:
+            pre = torch.addmm(self.b_enc, flat, self.W_enc)
+        else:
+            ctx = self.zeta(self.context_inputs(h.shape[0], image_index, flat))
+            pre = torch.addmm(self.b_enc, ctx.reshape(-1, self.n_context), self.W_enc[d:])
+            # In place: addmm's backward does not need its output, and a copy of the (N, L)
+            # pre-activations costs as much as the small-K matmul itself.
+            pre = pre.addmm_(flat, self.W_enc[:d])
+        codes = torch.relu(pre)
         x_hat = torch.addmm(self.b_dec[:d], codes, self.W_dec[:, :d])
-        n = x.shape[0]
-        mse = (x_hat - x[:, :d]).pow(2).sum() / n
+        n = flat.shape[0]
+        mse = (x_hat - flat).pow(2).sum() / n
         l1 = codes.sum() / n
-        with torch.no_grad():  # sign/amax: counting via (codes > 0).sum() costs 2 matmuls
-            l0 = codes.sign().sum(dtype=torch.float64).to(mse.dtype) / n
+        with torch.no_grad():  # (codes > 0).sum() would cost 2 matmuls; codes >= 0 here
+            l0 = torch.count_nonzero(codes).to(mse.dtype) / n
             fired = codes.amax(0) > 0
         return {"loss": mse + self.cfg.l1_coeff * l1, "mse": mse, "l1": l1, "l0": l0,
                 "fired": fired}  # fmt: skip
