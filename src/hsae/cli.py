@@ -104,6 +104,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from hsae.evaluate import add_threshold_arguments
+
     p = sub.add_parser("eval", help="Table 2: reconstruction metrics of SAEs and baselines")
     p.add_argument("--store", type=Path, required=True, help="activation store folder")
     p.add_argument("--sae", type=Path, nargs="+", default=[], help="SAE folder(s), e.g. a sweep")
@@ -120,8 +122,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         metavar="L",
         help="add the random baseline with L latents (default 512)",
     )
-    p.add_argument("--threshold-k", default="auto", help="auto (95%% sparsity), an int, or none")
-    p.add_argument("--target-sparsity", type=float, default=0.95, help="for --threshold-k auto")
+    add_threshold_arguments(p)
     p.add_argument(
         "--k-store",
         type=Path,

@@ -42,7 +42,12 @@ import torch
 from torch import Tensor
 
 from hsae.backbone import DiffusionBackbone
-from hsae.evaluate import is_sparse, parse_threshold_k, resolve_threshold_k
+from hsae.evaluate import (
+    add_threshold_arguments,
+    is_sparse,
+    parse_threshold_k,
+    resolve_threshold_k,
+)
 from hsae.intervene import (
     MODES,
     Component,
@@ -305,8 +310,7 @@ def add_setup_arguments(p: argparse.ArgumentParser, edit_options: bool = True) -
     p.add_argument("--t", type=float, default=None, help="inversion depth (default: store's, 0.7)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: store's, 50)")
     p.add_argument("--prompt", default=None, help="conditioning prompt (default: store's, '')")
-    p.add_argument("--threshold-k", default="auto", help="auto (95%% sparsity), an int, or none")
-    p.add_argument("--target-sparsity", type=float, default=0.95, help="for --threshold-k auto")
+    add_threshold_arguments(p)
     p.add_argument(
         "--window",
         type=parse_window,

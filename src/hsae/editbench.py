@@ -75,7 +75,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from hsae.directions import direction_hook, mean_difference
-from hsae.evaluate import resolve_threshold_k
+from hsae.evaluate import add_threshold_arguments, resolve_threshold_k
 from hsae.features import (
     CodeScan,
     best_components_per_attribute,
@@ -943,8 +943,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="resumed U-Net calls whose h_t is edited: N or all (default 1, the paper)",
     )
-    p.add_argument("--threshold-k", default="auto", help="for choosing components: auto|K|none")
-    p.add_argument("--target-sparsity", type=float, default=0.95)
+    add_threshold_arguments(p)
     p.add_argument("--min-preservation", type=float, default=0.9)
     p.add_argument("--candidates", type=int, default=64, help="AUROC candidates per attribute")
     p.add_argument("--n-examples", type=int, default=4, help="grid images per direction")

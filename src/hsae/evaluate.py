@@ -22,6 +22,7 @@ chosen on a train-split sample with `choose_k_for_sparsity(target=0.95)` unless 
 
 from __future__ import annotations
 
+import argparse
 import io
 import math
 import shlex
@@ -512,6 +513,21 @@ def parse_threshold_k(value: str | int | None) -> int | str | None:
     if k < 1:
         raise ValueError(f"--threshold-k must be >= 1, got {k}")
     return k
+
+
+def add_threshold_arguments(p: argparse.ArgumentParser) -> None:
+    """--threshold-k / --target-sparsity, shared by every command that thresholds codes (eq. 9)."""
+    p.add_argument(
+        "--threshold-k",
+        default="auto",
+        help="eq. 9's k: auto (the k giving --target-sparsity on a train sample), an int, or none",
+    )
+    p.add_argument(
+        "--target-sparsity",
+        type=float,
+        default=TARGET_SPARSITY,
+        help=f"for --threshold-k auto (default {TARGET_SPARSITY})",
+    )
 
 
 def resolve_threshold_k(

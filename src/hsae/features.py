@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from hsae.evaluate import resolve_threshold_k
+from hsae.evaluate import add_threshold_arguments, resolve_threshold_k
 from hsae.intervene import encode_tokens, n_tokens
 from hsae.sae.base import BaseSAE
 
@@ -694,8 +694,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=None, help="output folder (default STORE/../features)"
     )
     p.add_argument("--data", type=Path, default=None, help="image folder of the store (for grids)")
-    p.add_argument("--threshold-k", default="auto", help="auto (95%% sparsity), an int, or none")
-    p.add_argument("--target-sparsity", type=float, default=0.95, help="for --threshold-k auto")
+    add_threshold_arguments(p)
     p.add_argument(
         "--split",
         choices=["train", "val", "test", "all"],

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hsae.evaluate import add_threshold_arguments
 from hsae.sae import BaseSAE
 
 Featurizer = Callable[[Tensor], Tensor]
@@ -471,8 +472,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flat-sae", type=Path, default=None, help="flat SAE folder (extra column)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default STORE/../probe)")
     p.add_argument("--n-components", type=int, default=512, help="features per method (512)")
-    p.add_argument("--threshold-k", default="auto", help="auto (95%% sparsity), an int, or none")
-    p.add_argument("--target-sparsity", type=float, default=0.95, help="for --threshold-k auto")
+    add_threshold_arguments(p)
     p.add_argument("--test-split", choices=["test", "val"], default="test")
     p.add_argument("--C", dest="inv_reg", type=float, default=1.0, help="inverse L2 strength")
     p.add_argument("--max-iter", type=int, default=1000, help="logistic regression iterations")

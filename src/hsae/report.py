@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from hsae.evaluate import add_threshold_arguments
 from hsae.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 IMAGE_EXTS = (".png", ".gif", ".jpg", ".jpeg", ".webp", ".svg")
@@ -794,8 +795,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sparsity-images", type=int, default=512, help="test images for the histogram (0: skip)"
     )
-    p.add_argument("--threshold-k", default="auto", help="auto (95%% sparsity), an int, or none")
-    p.add_argument("--target-sparsity", type=float, default=0.95)
+    add_threshold_arguments(p)
     p.add_argument(
         "--check", action="store_true", help="open it in headless Chromium: broken images, shot"
     )
