@@ -299,10 +299,10 @@ def test_toy_model_smoke(tmp_path):
     assert isinstance(comp, Component)
 
 
-def test_parse_window():
-    from hsae.edit import parse_window
+def test_parse_edit_steps():
+    from hsae.intervene import parse_edit_steps
 
-    assert parse_window("3") == 3 and parse_window("ALL") == "all"
+    assert parse_edit_steps("3") == 3 and parse_edit_steps("ALL") == "all"
     for bad in ("0", "-1", "some"):
         with pytest.raises(argparse.ArgumentTypeError, match="step count"):
-            parse_window(bad)
+            parse_edit_steps(bad)

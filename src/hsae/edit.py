@@ -55,6 +55,7 @@ from hsae.intervene import (
     intervene,
     neurons_changed,
     parse_component,
+    parse_edit_steps,
 )
 from hsae.inversion_cache import InversionCache, invert_cached
 from hsae.invert import Inversion, capture_h, resume
@@ -74,19 +75,6 @@ class VariantRun:
     reference: Tensor | None  # (B, 3, H, W) unedited resume of the same z_t
     h_ref: Tensor  # (B, C, K, K) h_t at the first resumed step, before any edit
     h_first: Tensor  # (B, V, C, K, K) h̃ used at the first edited step
-
-
-def parse_window(value: str | int) -> int | str:
-    """--window: a positive number of resumed steps, or "all" (t down to 0)."""
-    if isinstance(value, str) and value.lower() == "all":
-        return "all"
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a step count or 'all', got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a step count >= 1 or 'all', got {n}")
-    return n
 
 
 def window_steps(window: int | str, inv: Inversion) -> int:
@@ -313,7 +301,7 @@ def add_setup_arguments(p: argparse.ArgumentParser, edit_options: bool = True) -
     add_threshold_arguments(p)
     p.add_argument(
         "--window",
-        type=parse_window,
+        type=parse_edit_steps,
         default=1,
         help="edit the h of the first N resumed steps, or 'all' (default 1: the paper's)",
     )

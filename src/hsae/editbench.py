@@ -84,7 +84,13 @@ from hsae.features import (
     split_rows_or_none,
 )
 from hsae.hspace import HEdit
-from hsae.intervene import MODES, Component, intervention_hook, neurons_changed
+from hsae.intervene import (
+    MODES,
+    Component,
+    intervention_hook,
+    neurons_changed,
+    parse_edit_steps,
+)
 from hsae.sae.base import BaseSAE
 
 BENCH_FILE, TABLE_FILE, EXAMPLES_DIR = "editbench.json", "table.md", "examples"
@@ -874,21 +880,6 @@ def store_h_check(store: Any) -> Callable[[np.ndarray, Tensor], None]:
     return check
 
 
-def edit_steps_arg(text: str) -> int | str:
-    """--edit-steps: a positive int or "all"."""
-    if text == "all":
-        return text
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive int or 'all', got {text!r}"
-        ) from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 or 'all', got {n}")
-    return n
-
-
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     cfg = EditBenchConfig(
         attributes=args.attributes,
@@ -939,7 +930,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t", type=float, default=None, help="edit timestep fraction (store's)")
     p.add_argument(
         "--edit-steps",
-        type=edit_steps_arg,
+        type=parse_edit_steps,
         default=1,
         help="resumed U-Net calls whose h_t is edited: N or all (default 1, the paper)",
     )

@@ -18,6 +18,7 @@ a batch may have its own κ, so a κ sweep is one batched resume.
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,3 +150,17 @@ def neurons_changed(h_ref: Tensor, h_edit: Tensor, rtol: float = 1e-4) -> Tensor
     scale = h_ref.flatten(1).abs().amax(dim=1).clamp_min(1e-12)
     moved = (h_edit - h_ref).abs().flatten(1) > rtol * scale[:, None]
     return moved.sum(dim=1)
+
+
+def parse_edit_steps(value: str | int) -> int | str:
+    """--window / --edit-steps: how many resumed steps to edit, a positive int or "all" (t down
+    to 0)."""
+    if isinstance(value, str) and value.lower() == "all":
+        return "all"
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a step count or 'all', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a step count >= 1 or 'all', got {n}")
+    return n
