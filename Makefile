@@ -49,7 +49,7 @@ table2: $(STAMP)
 retrain-toy: $(STAMP)
 	$(VENV)/bin/hsae data toyfaces --n 20000 --out data/toyfaces
 	$(PY) scripts/train_toy_ddpm.py --data data/toyfaces --out src/hsae/assets/toy-ddpm \
-	  --steps 3500 --stop-at 2300 --prediction-type v_prediction
+	  --steps 3500 --prediction-type v_prediction
 
 retrain-classifier: $(STAMP)
 	$(VENV)/bin/hsae data toyfaces --n 20000 --out data/toyfaces
