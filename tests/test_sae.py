@@ -402,3 +402,7 @@ def test_fused_channel_aware_loss_matches_the_base_loss(context: str) -> None:
             torch.testing.assert_close(a, b)
     codes = sae.encode(h, idx)
     assert torch.equal(fused["fired"], (codes > 0).reshape(-1, 12).any(0))
+    # The gradient with respect to h too (the training path skips it unless h requires one).
+    h.requires_grad_(True)
+    g_h = torch.autograd.grad(sae.loss(h, idx)["loss"], h)[0]
+    torch.testing.assert_close(g_h, torch.autograd.grad(BaseSAE.loss(sae, h, idx)["loss"], h)[0])
