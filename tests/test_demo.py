@@ -26,11 +26,9 @@ def test_demo_runs_every_stage_and_resumes(
     argv = ["demo", "--out", str(out), "--n", "80", "--steps", "4", "--sae-steps", "30"]
     assert main(argv) == 0
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert set(summary["stage_seconds"]) == {"data", "extract", "sae", "flat", *STAGE_OUTPUTS}
+    assert set(summary["stage_seconds"]) == {"data", "extract", "sae", *STAGE_OUTPUTS}
     for stage in STAGE_OUTPUTS:
         assert (out / stage / "table.md").is_file(), stage
-    assert "flat_sae" in (out / "probe" / "probe.json").read_text()  # the flat-SAE baseline
-    assert "flat" in (out / "eval" / "table.md").read_text()
     html = (out / "report" / "index.html").read_text()
     for section in ("reconstruction", "probe", "features", "editbench", "interpolate"):
         assert f'id="{section}"' in html

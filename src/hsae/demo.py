@@ -105,11 +105,9 @@ def demo_stages(
     from hsae.data import parse_partition
     from hsae.toyfaces import write_dataset
 
-    data, acts, sae, flat = run / "data", run / "acts", run / "sae", run / "flat"
+    data, acts, sae = run / "data", run / "acts", run / "sae"
     img = data / "img_align_celeba"
     both = {"store": acts, "sae": sae}
-    flat_sae = {"store": acts, "out": flat, "architecture": "flat"}
-    evaluated = {"store": acts, "sae": [sae, flat], "spliced": 8, "data": data}
 
     def edit() -> None:
         comp, ids = _best_component(run, "Eyeglasses")
@@ -149,10 +147,12 @@ def demo_stages(
         ("data", lambda: write_dataset(data, n_images, seed=1)),
         ("extract", lambda: _hsae(_cmd("extract", data=data, out=acts, t=t, steps=steps))),
         ("sae", lambda: _hsae(_cmd("train", store=acts, out=sae, steps=sae_steps))),
-        ("flat", lambda: _hsae(_cmd("train", **flat_sae, steps=sae_steps))),  # Tables 1–2
-        ("eval", lambda: _hsae(_cmd("eval", **evaluated, **pca(), out=run / "eval"))),
+        (
+            "eval",
+            lambda: _hsae(_cmd("eval", **both, **pca(), spliced=8, data=data, out=run / "eval")),
+        ),
         ("features", lambda: _hsae(_cmd("features", **both, data=data, out=run / "features"))),
-        ("probe", lambda: _hsae(_cmd("probe", **both, flat_sae=flat, out=run / "probe"))),
+        ("probe", lambda: _hsae(_cmd("probe", **both, out=run / "probe"))),
         (
             "editbench",
             lambda: _hsae(_cmd("editbench", **both, **bench, data=data, out=run / "editbench")),
@@ -168,7 +168,6 @@ def _done(run: Path, stage: str) -> bool:
         "data": "data/list_eval_partition.txt",
         "extract": "acts/manifest.json",
         "sae": "sae/sae.safetensors",
-        "flat": "flat/sae.safetensors",
     }
     path = run / marks.get(stage, f"{stage}/table.md")
     if stage == "extract":
