@@ -132,7 +132,7 @@ class ChannelAwareSAE(BaseSAE):
         w = torch.cat([self.W_dec[:, :d], codes.new_ones(codes.shape[1], 1)], dim=1)
         out = torch.addmm(torch.cat([self.b_dec[:d], self.b_dec.new_zeros(1)]), codes, w)
         n = flat.shape[0]
-        mse = (out[:, :d] - flat).pow(2).sum() / n
+        mse = torch.nn.functional.mse_loss(out[:, :d], flat, reduction="sum") / n
         l1 = out[:, d].sum() / n
         with torch.no_grad():  # codes >= 0; a float sign-sum is 7-10x faster than
             # count_nonzero or (codes > 0).sum() here, and exact below 2**24 in float32
