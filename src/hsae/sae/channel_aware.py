@@ -113,7 +113,7 @@ class ChannelAwareSAE(BaseSAE):
     def loss(self, h: Tensor, image_index: Tensor | None = None) -> dict[str, Tensor]:
         """Eq. 8, equal to the base loss but written for speed (the training hot path): on this
         CPU one elementwise pass over the (N, L) codes costs about as much as the K·K-wide matmul,
-        so the encoder is one custom autograd step (`_encode_relu`) that makes as few passes as
+        so the encoder is one custom autograd step (`_EncodeReLU`) that makes as few passes as
         the math allows; the context dims are never decoded (Drop discards them); |α| = α after
         ReLU; L0 and `fired` ((L,) bool: which latents fired, for the trainer's dead-latent count)
         come from cheap reductions.
