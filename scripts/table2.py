@@ -48,24 +48,25 @@ def hsae(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def store_ready(path: Path) -> bool:
+def store_ready(path: Path, toy: DiffusionBackbone) -> bool:
     """A complete store made with today's toy model (an older one stops the script)."""
     m = path / "manifest.json"
-    check_store_model(path, DiffusionBackbone.load("toy"))
+    check_store_model(path, toy)
     return m.is_file() and bool(read_json(m, what="store manifest").get("complete"))
 
 
 def make_stores(a: argparse.Namespace) -> tuple[Path, Path, Path]:
     acts, test, ood = a.out / "acts", a.out / "acts-test", a.out / "acts-ood"
-    if not store_ready(acts):
+    toy = DiffusionBackbone.load("toy")
+    if not store_ready(acts, toy):
         hsae("extract", "--data", str(a.data), "--out", str(acts), "--split", "train",
              "--limit", str(a.n))  # fmt: skip
-    if not store_ready(test):
+    if not store_ready(test, toy):
         hsae("extract", "--data", str(a.data), "--out", str(test), "--split", "test",
              "--limit", str(a.n_test))  # fmt: skip
     if not a.ood_data.exists():
         hsae("data", "toyfaces", "--shifted", "--n", str(a.n_ood), "--out", str(a.ood_data))
-    if not store_ready(ood):
+    if not store_ready(ood, toy):
         hsae("extract", "--data", str(a.ood_data), "--out", str(ood), "--limit", str(a.n_ood))
     return acts, test, ood
 

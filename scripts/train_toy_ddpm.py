@@ -1,13 +1,13 @@
 """Retrain the embedded toy DDPM (assets/toy-ddpm) on toyfaces, on the CPU, resumably.
 
     python scripts/train_toy_ddpm.py --data data/toyfaces --out src/hsae/assets/toy-ddpm \
-        --steps 3500 --stop-at 2300 --prediction-type v_prediction
+        --steps 3500 --prediction-type v_prediction
 
-(the command that made the committed weights: step 2300 of a 3500-step cosine schedule, ~70 min
-on 2 idle cores). Checkpoints (model, EMA, optimizer, RNG, step) go to OUT/checkpoint.pt
-atomically every --ckpt-every steps; re-running the same command resumes from it. The final EMA
-weights are saved as a diffusers DDPMPipeline folder (unet/ + scheduler/), with train_log.jsonl
-and loss_curve.png.
+(the command that made the committed weights: the EMA at the end of a 3500-step cosine schedule,
+~100 min on 2 idle cores; `--stop-at N` exports the EMA at step N instead). Checkpoints (model,
+EMA, optimizer, RNG, step) go to OUT/checkpoint.pt atomically every --ckpt-every steps; re-running
+the same command resumes from it. The final EMA weights are saved as a diffusers DDPMPipeline
+folder (unet/ + scheduler/), with train_log.jsonl and loss_curve.png.
 """
 
 from __future__ import annotations

@@ -181,7 +181,8 @@ def run_demo(
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    check_store_model(out / "acts", DiffusionBackbone.load("toy"))
+    backbone = DiffusionBackbone.load("toy")
+    check_store_model(out / "acts", backbone)
     for name, action in demo_stages(out, n_images, steps, t, sae_steps):
         if _done(out, name):
             print(f"[demo] {name}: already done, skipped")
@@ -189,7 +190,7 @@ def run_demo(
         t0 = time.time()
         action()
         timings[name] = round(time.time() - t0, 1)
-    grid_path = _sample_grid(out, steps, t)
+    grid_path = _sample_grid(backbone, out, steps, t)
     report = _report(out)
     summary = {
         "run": str(out),
@@ -203,11 +204,10 @@ def run_demo(
     return summary
 
 
-def _sample_grid(out: Path, steps: int, t: float) -> Path:
+def _sample_grid(backbone: DiffusionBackbone, out: Path, steps: int, t: float) -> Path:
     from hsae.data import ImageDataset
     from hsae.invert import invert, resume
 
-    backbone = DiffusionBackbone.load("toy")
     ds = ImageDataset(out / "data", backbone.image_size, limit=8)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     inv = invert(backbone, backbone.encode(x), t=t, steps=steps)

@@ -157,10 +157,10 @@ def sae_method(
         )
     info: dict[str, Any] = {"source": str(path), "architecture": model.cfg.architecture}
     info["n_latents"] = model.cfg.n_latents
-    k, how = resolve_threshold_k(model, threshold_k, store, None, target, seed)
-    if "sample_sparsity" in how:
+    k, k_info = resolve_threshold_k(model, threshold_k, store, None, target, seed)
+    if "sample_sparsity" in k_info:
         info.update(
-            threshold_target_sparsity=target, threshold_sample_sparsity=how["sample_sparsity"]
+            threshold_target_sparsity=target, threshold_sample_sparsity=k_info["sample_sparsity"]
         )
     info["threshold_k"] = k
     name = label + (f" k={k}" if k is not None else " unthresholded")
