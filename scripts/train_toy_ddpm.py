@@ -45,6 +45,21 @@ def load_train_images(data: Path) -> torch.Tensor:
     return load_labelled_split(data, 0)[0]
 
 
+def parse_widths(text: str) -> tuple[int, ...]:
+    """'64,64,128' -> (64, 64, 128): three levels (32 -> 8 px), each a multiple of the 16 groups."""
+    try:
+        widths = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        widths = ()
+    groups = UNET_CONFIG["norm_num_groups"]
+    if len(widths) != 3 or any(w <= 0 or w % groups for w in widths):
+        raise SystemExit(
+            f"--block-out-channels {text!r}: expected three comma-separated positive multiples "
+            f"of {groups} (one per level, 32 -> 16 -> 8 px), e.g. 32,64,128"
+        )
+    return widths
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -87,7 +102,14 @@ def main() -> None:
         default="epsilon",
         help="training target; v_prediction avoids ε's 1/sqrt(ᾱ) blow-up of x0 near t = T",
     )
+    p.add_argument(
+        "--block-out-channels",
+        default=",".join(map(str, UNET_CONFIG["block_out_channels"])),
+        help="U-Net widths per level, comma-separated; the last is H-space's C "
+        "(default %(default)s)",
+    )
     a = p.parse_args()
+    widths = parse_widths(a.block_out_channels)
     if a.threads:
         torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +117,7 @@ def main() -> None:
 
     images = load_train_images(a.data)
     torch.manual_seed(a.seed)
-    unet = UNet2DModel(**UNET_CONFIG)
+    unet = UNet2DModel(**{**UNET_CONFIG, "block_out_channels": widths})
     ema = copy.deepcopy(unet).requires_grad_(False)
     sched = DDPMScheduler(
         num_train_timesteps=1000,
@@ -107,6 +129,12 @@ def main() -> None:
     step = 0
     if ckpt_path.exists():
         st = torch.load(ckpt_path, weights_only=False)
+        saved = tuple(st.get("block_out_channels", UNET_CONFIG["block_out_channels"]))
+        if saved != widths:
+            raise SystemExit(
+                f"{ckpt_path} was trained with --block-out-channels {','.join(map(str, saved))}, "
+                f"not {a.block_out_channels}: pass the same widths to resume, or another --out"
+            )
         unet.load_state_dict(st["unet"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
@@ -163,6 +191,7 @@ def main() -> None:
                     "opt": opt.state_dict(),
                     "gen": gen.get_state(),
                     "step": step,
+                    "block_out_channels": widths,
                 },
             )
     DDPMPipeline(unet=ema, scheduler=sched).save_pretrained(a.out, safe_serialization=True)

@@ -379,10 +379,19 @@ def test_planted_dictionary_is_recovered(one_thread: None) -> None:
     assert out["l0"].item() < 8  # sparse: a few of 64 latents per token
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mm-fallback"])
 @pytest.mark.parametrize("context", ["channel+image", "channel", "none"])
-def test_fused_channel_aware_loss_matches_the_base_loss(context: str) -> None:
-    """The 2-D training path of ChannelAwareSAE.loss equals eq. 8 as BaseSAE computes it."""
+def test_fused_channel_aware_loss_matches_the_base_loss(
+    context: str, onednn: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 2-D training path of ChannelAwareSAE.loss equals eq. 8 as BaseSAE computes it, with
+    oneDNN's fused linear and with the torch.mm fallback."""
+    from hsae.sae import channel_aware
     from hsae.sae.base import BaseSAE
+
+    if onednn and not channel_aware._ONEDNN_LINEAR:
+        pytest.skip("oneDNN linear is not available in this torch build")
+    monkeypatch.setattr(channel_aware, "_ONEDNN_LINEAR", onednn)
 
     torch.manual_seed(0)
     cfg = make_config("channel_aware", 5, 3, n_latents=12, l1_coeff=0.3, context=context,
@@ -406,3 +415,28 @@ def test_fused_channel_aware_loss_matches_the_base_loss(context: str) -> None:
     h.requires_grad_(True)
     g_h = torch.autograd.grad(sae.loss(h, idx)["loss"], h)[0]
     torch.testing.assert_close(g_h, torch.autograd.grad(BaseSAE.loss(sae, h, idx)["loss"], h)[0])
+
+
+@pytest.mark.parametrize("n", [0, 1, 6, 7])
+def test_positive_counts_match_a_bool_count_across_blocks(n: int) -> None:
+    from hsae.sae.channel_aware import _positive_counts
+
+    codes = torch.relu(torch.randn(n, 5))
+    codes[:, 2] = 0.0  # a latent that never fires
+    counts = _positive_counts(codes, rows=3)
+    assert counts.dtype == torch.float64
+    assert torch.equal(counts, (codes > 0).sum(0).double())
+
+
+def test_fused_loss_terms_backpropagate_alone() -> None:
+    """Each of mse and l1 has the base loss's gradient when it is the only term used."""
+    from hsae.sae.base import BaseSAE
+
+    torch.manual_seed(1)
+    cfg = make_config("channel_aware", 4, 2, n_latents=6, n_train_images=3)
+    sae = build_sae(cfg)
+    h, idx = torch.randn(3, 4, 2, 2), torch.arange(3)
+    for term in ("mse", "l1"):
+        g = torch.autograd.grad(sae.loss(h, idx)[term], sae.W_enc)[0]
+        g_base = torch.autograd.grad(BaseSAE.loss(sae, h, idx)[term], sae.W_enc)[0]
+        torch.testing.assert_close(g, g_base)

@@ -243,6 +243,15 @@ def test_huge_learning_rate_stops_with_a_clear_error(store, tmp_path: Path) -> N
         assert torch.isfinite(p).all()
 
 
+def test_a_non_finite_gradient_with_a_finite_loss_names_the_parameter(
+    store, tmp_path: Path
+) -> None:
+    sae = new_sae()
+    sae.W_dec.register_hook(lambda g: torch.full_like(g, float("nan")))
+    with pytest.raises(TrainingDivergedError, match="the gradient of 'W_dec'"):
+        train(sae, store, tcfg(steps=5), tmp_path, progress=False)
+
+
 class PoisonedStore:
     """The reader API of a real store, with one row turned to inf once `poisoned` is set."""
 

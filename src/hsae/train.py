@@ -334,6 +334,14 @@ class DeadLatents:
         return float((since >= self.window).float().mean())
 
 
+def make_optimizer(sae: BaseSAE, lr: float) -> torch.optim.Adam:
+    """Adam; its fused kernel (one pass for all parameters, ~4x faster than the per-tensor loop
+    on the SAE's small tensors) wherever torch has one."""
+    params = list(sae.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused)
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate of (1-based) step: linear warm-up, then constant."""
     return cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
@@ -402,9 +410,12 @@ def _train_step(run: _Run, h: Tensor, idx: Tensor) -> dict[str, float]:
             raise _diverged(run, step, f"the {key} ({values[key]})", h)
     run.opt.zero_grad(set_to_none=True)
     out["loss"].backward()
-    for name, p in sae.named_parameters():
-        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
-            raise _diverged(run, step, f"the gradient of {name!r}", h)
+    grads = [p.grad for p in sae.parameters() if p.grad is not None]
+    # One fused norm instead of a check per parameter; its slow path names the culprit.
+    if grads and not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
+        for name, p in sae.named_parameters():
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                raise _diverged(run, step, f"the gradient of {name!r}", h)
     if cfg.unit_norm_decoder:
         _remove_parallel_grad(sae)
     run.opt.step()
@@ -498,7 +509,7 @@ def train(
     indices = split_indices(store, cfg.split)
     _prepare_sae(sae, store, cfg, len(indices))
     batches = StoreBatches(store, indices, cfg.batch_images, cfg.seed)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    opt = make_optimizer(sae, cfg.lr)
     dead = DeadLatents(sae)
     run = _Run(sae, cfg, out_dir, batches, opt, dead, TrainerState(), sae.cfg.l1_coeff)
     ckpt = checkpoint_dir(out_dir)

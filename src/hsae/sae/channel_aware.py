@@ -112,11 +112,12 @@ class ChannelAwareSAE(BaseSAE):
 
     def loss(self, h: Tensor, image_index: Tensor | None = None) -> dict[str, Tensor]:
         """Eq. 8, equal to the base loss but written for speed (the training hot path): on this
-        CPU one elementwise pass over the (N, L) codes costs about as much as the K·K-wide matmul,
-        so the encoder is one custom autograd step (`_EncodeReLU`) that makes as few passes as
-        the math allows; the context dims are never decoded (Drop discards them); |α| = α after
-        ReLU; L0 and `fired` ((L,) bool: which latents fired, for the trainer's dead-latent count)
-        come from cheap reductions.
+        CPU one elementwise pass over the (N, L) codes costs about a fifth of a K·K-wide matmul,
+        so encoder, decoder and both loss terms are one custom autograd step
+        (`_ChannelAwareLoss`) that makes as few
+        passes as the math allows; the context dims are never decoded (Drop discards them);
+        |α| = α after ReLU; L0 and `fired` ((L,) bool: which latents fired, for the trainer's
+        dead-latent count) come from one blocked count (`_positive_counts`).
         """
         self.check_input(h)
         d = self.cfg.d_in
@@ -125,20 +126,13 @@ class ChannelAwareSAE(BaseSAE):
         if self.zeta is not None:
             ctx = self.zeta(self.context_inputs(h.shape[0], image_index, flat))
             ctx = ctx.reshape(-1, self.n_context)
-        codes = _EncodeReLU.apply(flat, ctx, self.W_enc, self.b_enc)
-        # A column of ones beside W_d[:, :d] makes the decoder matmul also return each token's
-        # ‖α‖₁ (α >= 0), so the L1 term and its gradient ride on the matmul instead of two more
-        # passes over the codes.
-        w = torch.cat([self.W_dec[:, :d], codes.new_ones(codes.shape[1], 1)], dim=1)
-        out = torch.addmm(torch.cat([self.b_dec[:d], self.b_dec.new_zeros(1)]), codes, w)
-        n = flat.shape[0]
-        mse = torch.nn.functional.mse_loss(out[:, :d], flat, reduction="sum") / n
-        l1 = out[:, d].sum() / n
-        with torch.no_grad():  # codes >= 0; a float sign-sum is 7-10x faster than
-            # count_nonzero or (codes > 0).sum() here, and exact below 2**24 in float32
-            exact = torch.float32 if codes.numel() < 2**24 else torch.float64
-            l0 = codes.sign().sum(dtype=exact).to(mse.dtype) / n
-            fired = codes.amax(0) > 0
+        mse, l1, codes = _ChannelAwareLoss.apply(
+            flat, ctx, self.W_enc, self.b_enc, self.W_dec, self.b_dec
+        )
+        with torch.no_grad():
+            per_latent = _positive_counts(codes)
+            l0 = (per_latent.sum() / max(codes.shape[0], 1)).to(mse.dtype)
+            fired = per_latent > 0
         return {"loss": mse + self.cfg.l1_coeff * l1, "mse": mse, "l1": l1, "l0": l0,
                 "fired": fired}  # fmt: skip
 
@@ -148,36 +142,112 @@ class ChannelAwareSAE(BaseSAE):
         return out.reshape(codes.shape[0], self.cfg.n_channels, k, k)
 
 
-class _EncodeReLU(torch.autograd.Function):
-    """α = ReLU([h̄, ζ] W_e + b_e) for N tokens, with the bias folded into the matmul.
+def _positive_counts(codes: Tensor, rows: int = 2048) -> Tensor:
+    """(L,) float64: how many of the N tokens have code j > 0 (codes >= 0).
 
-    Autograd's own graph for this makes ~9 passes over the (N, L) pre-activations besides the
-    matmuls (bias broadcast, ReLU copy, bias-gradient sum, dL/dx for all d + 2 columns, ...).
-    Here: x = [h̄, ζ, 1] (N, d + 3) and W = [W_e; b_e], one matmul, ReLU in place; backward is
-    one masked pass, dW (bias row included) in one matmul, and dL/dζ from the two context rows
-    only (h̄ is data: its gradient is computed only when h requires one).
+    A float sign summed by a matmul, in row blocks through one small reused buffer: on this CPU
+    a fresh (N, L) temporary costs more in page faults than the pass itself, and count_nonzero
+    or bool sums are 5x slower than a float sum. Each block's count (<= rows) is exact in
+    float32; the float64 total is exact for any N.
+    """
+    n, latents = codes.shape
+    buf = codes.new_empty(min(rows, max(n, 1)), latents)
+    ones = codes.new_ones(1, buf.shape[0])
+    total = torch.zeros(latents, dtype=torch.float64, device=codes.device)
+    for i in range(0, n, rows):
+        block = torch.sign(codes[i : i + rows], out=buf[: min(rows, n - i)])
+        total += torch.mm(ones[:, : block.shape[0]], block)[0]
+    return total
+
+
+def _onednn_linear_available() -> bool:
+    try:
+        x = torch.ones(2, 3)
+        y = torch.ops.mkldnn._linear_pointwise(x, torch.ones(4, 3), None, "relu", [], "")
+    except (AttributeError, RuntimeError):
+        return False
+    return bool(torch.equal(y, torch.full((2, 4), 3.0)))
+
+
+# oneDNN's linear (x @ Wᵀ with the ReLU in its epilogue) beats torch.mm (MKL) by 10-25% on these
+# thin (N, 66) x (66, L) products on this CPU and saves the separate ReLU pass; it is a private
+# op (what torch.compile's CPU backend emits), so it is probed once and torch.mm is the fallback.
+_ONEDNN_LINEAR = _onednn_linear_available()
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, relu: bool = False) -> Tensor:
+    """x @ weightᵀ (+ bias) (then ReLU), weight (out, in); a new tensor the caller owns."""
+    if _ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32:
+        return torch.ops.mkldnn._linear_pointwise(
+            x.contiguous(), weight.contiguous(), bias, "relu" if relu else "none", [], ""
+        )
+    y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+    return y.clamp_min_(0) if relu else y
+
+
+class _ChannelAwareLoss(torch.autograd.Function):
+    """Eq. 8's two terms for N tokens: mse = Σ‖Drop(W_d α + b_d) − h̄‖² / N and l1 = Σ‖α‖₁ / N,
+    α = ReLU([h̄, ζ] W_e + b_e). Returns (mse, l1, codes (N, L)); codes carry no gradient.
+
+    Autograd's own graph for this makes ~12 passes over the (N, L) codes besides the matmuls
+    (bias broadcast, ReLU copy, |α|, its sign, bias-gradient sum, dL/dx for all d + 2 columns,
+    ...). Here: x = [h̄, ζ, 1] (N, d + 3) and W = [W_e; b_e], one matmul with the ReLU fused;
+    the decoder reads W_d's first d columns plus a column of ones, so the same matmul returns
+    each token's ‖α‖₁ (α >= 0) and the L1 gradient rides on the backward matmul. Backward is one
+    in-place masked pass, dW_e (bias row included) in one matmul, dL/dζ from the two context
+    rows only, and dL/dh̄ only when h requires a gradient (e.g. attribution).
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, flat: Tensor, zeta: Tensor | None, w_enc: Tensor, b_enc: Tensor
-    ) -> Tensor:
+        ctx: Any,
+        flat: Tensor,
+        zeta: Tensor | None,
+        w_enc: Tensor,
+        b_enc: Tensor,
+        w_dec: Tensor,
+        b_dec: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        n, d = flat.shape
         cols = [flat] if zeta is None else [flat, zeta]
-        x = torch.cat([*cols, flat.new_ones(flat.shape[0], 1)], dim=1)
-        codes = torch.mm(x, torch.cat([w_enc, b_enc[None]])).clamp_min_(0)
-        ctx.save_for_backward(x, w_enc, codes)
+        x = torch.cat([*cols, flat.new_ones(n, 1)], dim=1)
+        codes = _linear(x, torch.cat([w_enc, b_enc[None]]).t(), relu=True)
+        w_out = torch.cat([w_dec[:, :d], w_dec.new_ones(w_dec.shape[0], 1)], dim=1)
+        out = _linear(codes, w_out.t(), torch.cat([b_dec[:d], b_dec.new_zeros(1)]))
+        resid = out[:, :d] - flat
+        mse = torch.dot(resid.view(-1), resid.view(-1)) / max(n, 1)
+        l1 = out[:, d].sum() / max(n, 1)
+        ctx.save_for_backward(x, w_enc, codes, w_out, resid)
         ctx.n_zeta = 0 if zeta is None else zeta.shape[1]
-        return codes
+        ctx.dec_shape = w_dec.shape
+        ctx.mark_non_differentiable(codes)
+        ctx.set_materialize_grads(False)  # else autograd fills an (N, L) zero grad for codes
+        return mse, l1, codes
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, w_enc, codes = ctx.saved_tensors
-        flat_dim = x.shape[1] - 1 - ctx.n_zeta
-        g = torch.ops.aten.threshold_backward(grad, codes, 0)
+    def backward(  # type: ignore[override]
+        ctx: Any, g_mse: Tensor | None, g_l1: Tensor | None, _g_codes: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        x, w_enc, codes, w_out, resid = ctx.saved_tensors
+        n, d = resid.shape
+        g_mse = resid.new_zeros(()) if g_mse is None else g_mse  # a loss without that term
+        g_l1 = resid.new_zeros(()) if g_l1 is None else g_l1
+        grad_out = resid.new_empty(n, d + 1)  # dLoss/d[recon, ‖α‖₁] per token
+        torch.mul(resid, g_mse * (2 / max(n, 1)), out=grad_out[:, :d])
+        grad_out[:, d] = g_l1 / max(n, 1)
+        g_wdec = g_bdec = None
+        if ctx.needs_input_grad[4] or ctx.needs_input_grad[5]:
+            # The context columns of W_d / b_d are dropped by Drop: their gradient is zero.
+            g_wdec = grad_out.new_zeros(ctx.dec_shape)
+            g_wdec[:, :d] = torch.mm(codes.t(), grad_out[:, :d])
+            g_bdec = grad_out.new_zeros(ctx.dec_shape[1])
+            g_bdec[:d] = grad_out[:, :d].sum(0)
+        g = _linear(grad_out, w_out)  # ours, so the ReLU mask goes in place
+        torch.ops.aten.threshold_backward.grad_input(g, codes, 0, grad_input=g)
         gw = torch.mm(x.t(), g)
         g_flat = g_zeta = None
-        if ctx.needs_input_grad[0]:  # only if h itself requires grad (e.g. attribution)
-            g_flat = torch.mm(g, w_enc[:flat_dim].t())
+        if ctx.needs_input_grad[0]:  # through the encoder, and directly through the residual
+            g_flat = torch.mm(g, w_enc[:d].t()).sub_(grad_out[:, :d])
         if ctx.n_zeta and ctx.needs_input_grad[1]:
-            g_zeta = torch.mm(g, w_enc[flat_dim:].t())
-        return g_flat, g_zeta, gw[:-1], gw[-1]
+            g_zeta = _linear(g, w_enc[d:])
+        return g_flat, g_zeta, gw[:-1], gw[-1], g_wdec, g_bdec
