@@ -504,8 +504,8 @@ def print_report(
         )
     print(
         "GFLOP/s of a training step = its six matmuls' FLOPs / step time (medians); /shape = "
-        "fraction of the six matmuls timed alone (the faster kernel set), /peak = fraction of the square matmul; "
-        "vs plain = median speed relative to the hand-written loop."
+        "fraction of the six matmuls timed alone (the faster kernel set), /peak = fraction of "
+        "the square matmul; vs plain = median speed relative to the hand-written loop."
     )
     for note in notes:
         print(f"note: {note}")
