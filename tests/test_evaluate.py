@@ -248,3 +248,13 @@ def test_k_store_chooses_k_on_another_stores_train_split(store, tmp_path: Path) 
     k_direct, _ = E.choose_threshold_k(models["sae"], store, E.train_sample_rows(store))
     thr = next(r for r in rows if r["thresholded"])
     assert thr["threshold_k"] == k_direct and thr["n_images"] == 24
+
+
+def test_threshold_k_above_the_latents_names_the_loaded_sae(tmp_path: Path) -> None:
+    from hsae.sae import load_sae
+
+    build_sae(make_config("channel_aware", 4, 2, n_latents=8, n_train_images=2)).save(tmp_path)
+    sae = load_sae(tmp_path)
+    assert E.resolve_threshold_k(sae, "8")[0] == 8
+    with pytest.raises(ValueError, match=rf"exceeds the 8 latents of the SAE at {tmp_path} "):
+        E.resolve_threshold_k(sae, "9")

@@ -84,3 +84,13 @@ def test_threshold_k_applies_before_the_edit() -> None:
     from hsae.evaluate import encode_decode
 
     torch.testing.assert_close(plain, encode_decode(sae, h, threshold_k=2)[0])
+
+
+def test_edit_step_count_all_numbers_and_range() -> None:
+    from hsae.intervene import edit_step_count
+
+    assert edit_step_count("all", 34) == 35
+    assert edit_step_count(1, 34) == 1 and edit_step_count(35, 34) == 35
+    for bad in (0, 36):
+        with pytest.raises(ValueError, match=r"--edit-steps must be in 1\.\.35 .* got"):
+            edit_step_count(bad, 34, "--edit-steps")

@@ -51,6 +51,7 @@ from hsae.evaluate import (
 from hsae.intervene import (
     MODES,
     Component,
+    edit_step_count,
     encode_tokens,
     intervene,
     neurons_changed,
@@ -77,16 +78,6 @@ class VariantRun:
     h_first: Tensor  # (B, V, C, K, K) h̃ used at the first edited step
 
 
-def window_steps(window: int | str, inv: Inversion) -> int:
-    """The number of edited resumed steps; "all" is every step from t down to 0."""
-    n = inv.t_index + 1
-    if window == "all":
-        return n
-    if not 1 <= int(window) <= n:
-        raise ValueError(f"--window must be in 1..{n} (the resumed steps from t), got {window}")
-    return int(window)
-
-
 @torch.no_grad()
 def resume_variants(
     backbone: DiffusionBackbone,
@@ -103,7 +94,7 @@ def resume_variants(
     Rows are image-major: image b's rows are [reference?, variant 0, …, variant V−1]. The reference
     row's h is never touched, so it is exactly the plain invert → resume of that image.
     """
-    window = window_steps(window, inv)
+    window = edit_step_count(window, inv.t_index)
     b, r = inv.z_t.shape[0], n_variants + int(reference)
     variant = torch.arange(r).repeat(b) - int(reference)  # −1 marks reference rows
     edited = variant >= 0

@@ -87,6 +87,7 @@ from hsae.hspace import HEdit
 from hsae.intervene import (
     MODES,
     Component,
+    edit_step_count,
     intervention_hook,
     neurons_changed,
     parse_edit_steps,
@@ -167,9 +168,6 @@ class DiffusionRunner:
     batch: int = 64
     progress: bool = False
 
-    def n_edit_steps(self, t_index: int) -> int:
-        return t_index + 1 if self.edit_steps == "all" else int(self.edit_steps)
-
     @torch.no_grad()
     def invert(self, x: Tensor) -> tuple[Inverted, Tensor, Tensor]:
         from hsae.invert import invert, resume
@@ -194,7 +192,7 @@ class DiffusionRunner:
         from hsae.invert import resume
 
         z_t = state.z_t[torch.as_tensor(idx, dtype=torch.long)]
-        n_edit = self.n_edit_steps(state.t_index)
+        n_edit = edit_step_count(self.edit_steps, state.t_index, "--edit-steps")
         z0, _ = resume(self.backbone, z_t, state.t_index, state.grid, self.prompt, edit, n_edit)
         return self.backbone.decode(z0).float().cpu()
 

@@ -551,8 +551,10 @@ def resolve_threshold_k(
         return None, {"threshold_k": None, "how": f"none ({sae.cfg.architecture} codes are dense)"}
     if isinstance(spec, int):
         if spec > sae.cfg.n_latents:
-            n = sae.cfg.n_latents
-            raise ValueError(f"--threshold-k {spec} exceeds the {n} latents of the SAE (1..{n})")
+            n, at = sae.cfg.n_latents, f" at {sae.source}" if sae.source else ""
+            raise ValueError(
+                f"--threshold-k {spec} exceeds the {n} latents of the SAE{at} (1..{n})"
+            )
         return spec, {"threshold_k": spec, "how": f"{spec} (given)"}
     if store is not None:
         rows = train_sample_rows(store, seed=seed)

@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 
 from hsae.backbone import DiffusionBackbone
-from hsae.edit import add_setup_arguments, load_images, load_setup, warn_timestep, window_steps
-from hsae.intervene import decode_tokens, encode_tokens
+from hsae.edit import add_setup_arguments, load_images, load_setup, warn_timestep
+from hsae.intervene import decode_tokens, edit_step_count, encode_tokens
 from hsae.invert import Inversion, resume
 from hsae.sae.base import BaseSAE
 
@@ -98,7 +98,7 @@ def interpolate_pair(
         raise ValueError(f"interpolate_pair needs an inversion of 2 images, got {len(inv.z_t)}")
     if n_frames < 2:
         raise ValueError(f"--frames must be >= 2 (both end points), got {n_frames}")
-    window = window_steps(window, inv)
+    window = edit_step_count(window, inv.t_index)
     sae.eval()
     s = torch.linspace(0, 1, n_frames)
     z_s = interpolate_z(inv.z_t[0], inv.z_t[1], s, z_interp)

@@ -152,6 +152,17 @@ def neurons_changed(h_ref: Tensor, h_edit: Tensor, rtol: float = 1e-4) -> Tensor
     return moved.sum(dim=1)
 
 
+def edit_step_count(spec: int | str, t_index: int, option: str = "--window") -> int:
+    """How many resumed steps an edit covers, from `parse_edit_steps`' value: "all" is every
+    step from t (grid index `t_index`) down to 0, a number must lie in 1..t_index + 1."""
+    n = t_index + 1
+    if spec == "all":
+        return n
+    if not 1 <= int(spec) <= n:
+        raise ValueError(f"{option} must be in 1..{n} (the resumed steps from t), got {spec}")
+    return int(spec)
+
+
 def parse_edit_steps(value: str | int) -> int | str:
     """--window / --edit-steps: how many resumed steps to edit, a positive int or "all" (t down
     to 0)."""

@@ -56,6 +56,7 @@ class BaseSAE(nn.Module, ABC):
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
+        self.source: str | None = None  # the folder `load_sae` read it from, for messages
         if cfg.architecture != self.architecture:
             raise ValueError(
                 f"{type(self).__name__} needs architecture {self.architecture!r}, "

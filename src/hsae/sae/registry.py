@@ -63,4 +63,5 @@ def load_sae(path: Path | str, device: str | torch.device = "cpu") -> BaseSAE:
     cfg = read_config(path)
     model = sae_class(cfg.architecture)(cfg)
     model.load_weights(Path(path) / WEIGHTS_FILE)
+    model.source = str(path)
     return model.to(device)
