@@ -194,3 +194,24 @@ def test_load_unsupported_unet_class(tmp_path):
     DDPMScheduler().save_pretrained(str(tmp_path / "scheduler"))
     with pytest.raises(ValueError, match="UNet1DModel"):
         DiffusionBackbone.load(str(tmp_path))
+
+
+def test_resolve_device_accepts_cpu_and_explains_the_rest() -> None:
+    from hsae.backbone import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"--device 'gpu0': expected a torch device"):
+        resolve_device("gpu0")
+    with pytest.raises(ValueError, match="unsupported device type 'meta'"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"--device cuda:1: this torch .* no CUDA device"):
+            resolve_device("cuda:1")
+
+
+def test_backbone_to_moves_every_network(sd_backbone) -> None:
+    sd_backbone.condition("")
+    assert sd_backbone.to("cpu") is sd_backbone and sd_backbone.device == torch.device("cpu")
+    assert not sd_backbone._cond_cache  # cached prompt embeddings belong to the old device
+    for module in (sd_backbone.unet, sd_backbone.vae, sd_backbone.text_encoder):
+        assert all(p.device.type == "cpu" for p in module.parameters())

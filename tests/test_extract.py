@@ -175,3 +175,12 @@ def test_kill_then_resume_is_bit_identical(tiny: dict[str, Path], reference: Pat
     assert resumed.verify() == 10 and resumed.ids == ref.ids
     np.testing.assert_array_equal(resumed[:], ref[:])
     assert not list(out.glob(".*.tmp"))
+
+
+def test_extract_refuses_an_unusable_device_before_loading(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "s"
+    assert main([*extract_args(tiny, out), "--device", "tpu7"]) == 2
+    assert "--device 'tpu7': expected a torch device" in capsys.readouterr().err
+    assert not out.exists()

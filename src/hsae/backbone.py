@@ -71,9 +71,27 @@ class DiffusionBackbone:
         self._cond_cache: dict[str, torch.Tensor] = {}
 
     # ----- loading -------------------------------------------------------------------------
+    def to(self, device: str | torch.device) -> DiffusionBackbone:
+        """Move every network to `device` (validated by `resolve_device`); returns self."""
+        dev = resolve_device(device)
+        for name in ("unet", "vae", "text_encoder"):
+            module = getattr(self, name)
+            if module is not None:
+                module.to(dev)
+        self._cond_cache.clear()
+        return self
+
     @classmethod
-    def load(cls, model: str = "toy", dtype: torch.dtype = torch.float32) -> DiffusionBackbone:
-        """Load `toy`, a local diffusers pipeline folder, or a hub id (needs network or cache)."""
+    def load(
+        cls, model: str = "toy", dtype: torch.dtype = torch.float32, device: str = "cpu"
+    ) -> DiffusionBackbone:
+        """Load `toy`, a local diffusers pipeline folder, or a hub id (needs network or cache),
+        onto `device`."""
+        resolve_device(device)  # a bad device fails before minutes of loading
+        return cls._load(model, dtype).to(device)
+
+    @classmethod
+    def _load(cls, model: str, dtype: torch.dtype) -> DiffusionBackbone:
         from diffusers import DiffusionPipeline
 
         source = str(toy_model_path()) if model == "toy" else model
@@ -234,6 +252,30 @@ class DiffusionBackbone:
                 _module_digest(h, getattr(self, name), name)
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """`--device` value -> torch.device, with one message when torch cannot use it here."""
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"--device {spec!r}: expected a torch device such as cpu, cuda, cuda:1 or mps"
+        ) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(
+                f"--device {spec}: this torch ({torch.__version__}) sees no CUDA device; "
+                "install a CUDA build of torch on a GPU machine, or use --device cpu"
+            )
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"--device {spec}: only {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {spec}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {spec}: unsupported device type {dev.type!r} (cpu, cuda, mps)")
+    return dev
 
 
 def _module_digest(h: Any, module: nn.Module | None, name: str) -> None:

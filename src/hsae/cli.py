@@ -45,6 +45,9 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument(
+        "--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N, mps"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
