@@ -112,10 +112,10 @@ class ChannelAwareSAE(BaseSAE):
 
     def loss(self, h: Tensor, image_index: Tensor | None = None) -> dict[str, Tensor]:
         """Eq. 8, equal to the base loss but written for speed (the training hot path): on this
-        CPU one elementwise pass over the (N, L) codes costs about a fifth of a K·K-wide matmul,
-        so encoder, decoder and both loss terms are one custom autograd step
-        (`_ChannelAwareLoss`) that makes as few
-        passes as the math allows; the context dims are never decoded (Drop discards them);
+        CPU a fresh (N, L) tensor costs more in page faults than the pass that fills it, and one
+        pass about a fifth of a K·K-wide matmul, so encoder, decoder and both loss terms are one
+        custom autograd step (`_ChannelAwareLoss`) that allocates and passes over the codes as
+        few times as the math allows; the context dims are never decoded (Drop discards them);
         |α| = α after ReLU; L0 and `fired` ((L,) bool: which latents fired, for the trainer's
         dead-latent count) come from one blocked count (`_positive_counts`).
         """
