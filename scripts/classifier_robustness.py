@@ -1,0 +1,64 @@
+"""How the toyfaces attribute classifier's predicted frequencies move under mild image changes.
+
+    python scripts/classifier_robustness.py --data data/toyfaces --n 2000
+
+Reads the first N test-split images, and prints per attribute the true frequency and the
+classifier's predicted frequency on the clean images, after a separable Gaussian blur
+(sigma 0.5 and 0.7 px) and after Gaussian pixel noise (std 6 of 255). A judge of DDPM samples
+should not change its verdict under a blur that small; this shows where it does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hsae.classifier import load_default, load_labelled_split
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """uint8 (N, 3, H, W) blurred by a 5-tap separable Gaussian, edges replicated."""
+    taps = torch.arange(-2, 3, dtype=torch.float32)
+    w = torch.exp(-(taps**2) / (2 * sigma**2))
+    w = (w / w.sum()).repeat(3, 1, 1, 1)  # (3, 1, 1, 5): one kernel per colour channel
+    x = images.float()
+    x = F.conv2d(F.pad(x, (2, 2, 0, 0), mode="replicate"), w, groups=3)
+    x = F.conv2d(F.pad(x, (0, 0, 2, 2), mode="replicate"), w.transpose(2, 3), groups=3)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def pixel_noise(images: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    noisy = images.float() + std * torch.randn(images.shape, generator=g)
+    return noisy.round().clamp(0, 255).to(torch.uint8)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("data/toyfaces"))
+    p.add_argument("--n", type=int, default=2000, help="test-split images to use")
+    a = p.parse_args()
+    images, labels = load_labelled_split(a.data, 2)
+    if len(images) == 0:
+        raise SystemExit(f"{a.data} has no test-split images (list_eval_partition.txt code 2)")
+    images, labels = images[: a.n], labels[: a.n]
+    clf = load_default()
+    columns = {
+        "truth": labels.float().mean(0),
+        "clean": clf.predict(images).float().mean(0),
+        "blur 0.5": clf.predict(gaussian_blur(images, 0.5)).float().mean(0),
+        "blur 0.7": clf.predict(gaussian_blur(images, 0.7)).float().mean(0),
+        "noise 6": clf.predict(pixel_noise(images, 6.0)).float().mean(0),
+    }
+    print(f"{len(images)} test images of {a.data}; predicted frequency per attribute")
+    print("| attribute | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for i, name in enumerate(clf.cfg.attribute_names):
+        print(f"| {name} | " + " | ".join(f"{col[i]:.3f}" for col in columns.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
