@@ -215,12 +215,17 @@ def peer_version(module: str) -> str:
 
 
 # ----- ceilings -------------------------------------------------------------------------------
-def six_matmuls(n: int, d: int, latents: int) -> Step:
-    """The dense matmuls of one step at this shape, into preallocated outputs."""
+def step_operands(n: int, d: int, latents: int) -> tuple[torch.Tensor, ...]:
+    """x, dy (N, d); a, dz (N, L); W_e (d, L); W_d (L, d): the operands of the six matmuls."""
     g = torch.Generator().manual_seed(0)
     x, dy = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
     a, dz = torch.randn(n, latents, generator=g), torch.randn(n, latents, generator=g)
-    w_e, w_d = torch.randn(d, latents, generator=g), torch.randn(latents, d, generator=g)
+    return x, dy, a, dz, torch.randn(d, latents, generator=g), torch.randn(latents, d, generator=g)
+
+
+def six_matmuls(n: int, d: int, latents: int) -> Step:
+    """The dense matmuls of one step at this shape, into preallocated outputs."""
+    x, dy, a, dz, w_e, w_d = step_operands(n, d, latents)
     z_out, y_out = torch.empty(n, latents), torch.empty(n, d)
     da_out, dwd_out = torch.empty(n, latents), torch.empty(latents, d)
     dwe_out, dx_out = torch.empty(d, latents), torch.empty(n, d)
@@ -244,11 +249,8 @@ def six_matmuls_onednn(n: int, d: int, latents: int) -> Step:
     if not _ONEDNN_LINEAR:
         raise RuntimeError("oneDNN linear (torch.ops.mkldnn._linear_pointwise) is unavailable")
     lin = torch.ops.mkldnn._linear_pointwise
-    g = torch.Generator().manual_seed(0)
-    x, dy = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
-    a, dz = torch.randn(n, latents, generator=g), torch.randn(n, latents, generator=g)
-    w_e_t, w_d = torch.randn(latents, d, generator=g), torch.randn(latents, d, generator=g)
-    w_d_t, w_e = w_d.t().contiguous(), w_e_t.t().contiguous()
+    x, dy, a, dz, w_e, w_d = step_operands(n, d, latents)
+    w_e_t, w_d_t = w_e.t().contiguous(), w_d.t().contiguous()  # linear takes W as (out, in)
     dwd_out, dwe_out = torch.empty(latents, d), torch.empty(d, latents)
 
     def step() -> None:

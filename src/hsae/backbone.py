@@ -87,8 +87,8 @@ class DiffusionBackbone:
     ) -> DiffusionBackbone:
         """Load `toy`, a local diffusers pipeline folder, or a hub id (needs network or cache),
         onto `device`."""
-        resolve_device(device)  # a bad device fails before minutes of loading
-        return cls._load(model, dtype).to(device)
+        dev = resolve_device(device)  # a bad device fails before minutes of loading
+        return cls._load(model, dtype).to(dev)
 
     @classmethod
     def _load(cls, model: str, dtype: torch.dtype) -> DiffusionBackbone:

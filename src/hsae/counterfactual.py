@@ -58,7 +58,8 @@ from hsae.sae.base import BaseSAE
 
 
 # ----- metrics ----------------------------------------------------------------------------------
-def _gaussian_window(size: int, sigma: float) -> Tensor:
+def gaussian_window(size: int, sigma: float) -> Tensor:
+    """(size, size) float64 Gaussian summing to 1, centred."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     g = g / g.sum()
@@ -74,7 +75,7 @@ def ssim(
     size = min(window, a.shape[-1], a.shape[-2])
     size -= 1 - size % 2  # odd, so the window has a centre
     c = a.shape[1]
-    w = _gaussian_window(size, sigma).expand(c, 1, size, size).contiguous()
+    w = gaussian_window(size, sigma).expand(c, 1, size, size).contiguous()
     a, b = a.double(), b.double()
 
     def blur(x: Tensor) -> Tensor:

@@ -181,7 +181,7 @@ def extract_command(args: argparse.Namespace) -> int:
     if not data.is_dir():
         what = "does not exist" if not data.exists() else "is not a folder"
         raise FileNotFoundError(f"--data {data} {what}; expected an image or CelebA-layout folder")
-    backbone = DiffusionBackbone.load(args.model, device=getattr(args, "device", "cpu"))
+    backbone = DiffusionBackbone.load(args.model, device=args.device)
     dataset = ImageDataset(
         data, backbone.image_size, split=args.split, limit=args.limit, skip_bad=args.skip_bad
     )
