@@ -3,12 +3,16 @@
 
     python scripts/check_toy_model.py --data data/toyfaces --n 1000 --out src/hsae/assets/toy-ddpm
 
-Writes samples.png (the first 64 samples) and sample_check.json into --out.
+Writes samples.png (the first 64 samples) and sample_check.json into --out. `--render-judge`
+adds a second, classifier-free verdict (hsae.render_judge: re-rendering each sample's attribute
+combinations with nuisance borrowed from its nearest toyfaces renders). `--save-samples FILE`
+keeps the samples (uint8) so `--samples FILE` can judge them again without sampling.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -18,15 +22,47 @@ import numpy as np
 import torch
 
 from hsae.backbone import DiffusionBackbone
-from hsae.classifier import load_default
+from hsae.classifier import AttributeClassifier, load_default
 from hsae.data import parse_celeba_attributes
-from hsae.demo import ddim_samples, save_grid
-from hsae.io_utils import atomic_write_json
+from hsae.demo import ddim_samples, save_grid, to_uint8
+from hsae.io_utils import atomic_write_bytes, atomic_write_json
 
 
-def data_frequencies(data: Path) -> tuple[list[str], np.ndarray]:
+def data_frequencies(data: Path) -> dict[str, float]:
     _, names, values = parse_celeba_attributes(data / "list_attr_celeba.txt")
-    return names, (values > 0).mean(0)
+    return dict(zip(names, (values > 0).mean(0).tolist(), strict=True))
+
+
+def sample(a: argparse.Namespace) -> torch.Tensor:
+    """a.n DDIM samples as uint8 (N, 3, H, W), in batches seeded by their offset."""
+    backbone = DiffusionBackbone.load(a.model)
+    out, t0 = [], time.time()
+    for b in range(0, a.n, a.batch):
+        x = ddim_samples(backbone, min(a.batch, a.n - b), a.steps, seed=b)
+        out.append(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2))
+        print(f"{b + len(out[-1])}/{a.n} samples, {time.time() - t0:.0f}s", flush=True)
+    return torch.cat(out)
+
+
+def load_samples(path: Path) -> torch.Tensor:
+    x = torch.load(path, map_location="cpu")
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
+        raise SystemExit(f"{path}: expected uint8 images (N, 3, H, W) from --save-samples")
+    return x
+
+
+def render_judge_freq(images: torch.Tensor, seed: int, k: int) -> dict[str, float]:
+    from hsae.render_judge import judge, render_bank
+    from hsae.toyfaces import ATTRIBUTES
+
+    bank = render_bank(seed, 16000)
+    pred = judge(images.permute(0, 2, 3, 1).numpy().astype(np.float32) / 255, bank, seed, k)
+    return dict(zip(ATTRIBUTES, pred.mean(0).tolist(), strict=True))
+
+
+def gaps(freq: dict[str, float], data: dict[str, float]) -> tuple[float, dict[str, float]]:
+    gap = {n: freq[n] - data[n] for n in data if n in freq}
+    return max(abs(g) for g in gap.values()), gap
 
 
 def main() -> int:
@@ -36,35 +72,36 @@ def main() -> int:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--classifier", type=Path, help="classifier folder (default: the committed one)")
+    p.add_argument("--samples", type=Path, help="judge these saved samples instead of sampling")
+    p.add_argument("--save-samples", type=Path, help="write the samples here (torch, uint8)")
+    p.add_argument("--render-judge", action="store_true", help="add the classifier-free verdict")
+    p.add_argument("--toyfaces-seed", type=int, default=0, help="seed of the data (render judge)")
     p.add_argument("--out", type=Path, default=Path("src/hsae/assets/toy-ddpm"))
     a = p.parse_args()
     t0 = time.time()
-    backbone = DiffusionBackbone.load(a.model)
-    clf = load_default()
-    names, data_freq = data_frequencies(a.data)
-    preds, first = [], None
-    for b in range(0, a.n, a.batch):
-        x = ddim_samples(backbone, min(a.batch, a.n - b), a.steps, seed=b)
-        first = x if first is None else first
-        preds.append(clf.predict(x).float())
-        print(f"{b + len(x)}/{a.n} samples, {time.time() - t0:.0f}s", flush=True)
-    freq = torch.cat(preds).mean(0).numpy()
-    order = [clf.config.attribute_names.index(n) for n in names]
-    rows = {
-        n: {"data": float(data_freq[i]), "samples": float(freq[order[i]])}
-        for i, n in enumerate(names)
-    }
-    worst = max(abs(r["data"] - r["samples"]) for r in rows.values())
-    save_grid([first[i : i + 16] for i in range(0, min(64, len(first)), 16)], a.out / "samples.png")
-    result = {
-        "n": a.n,
-        "steps": a.steps,
-        "max_abs_gap": worst,
-        "pass": worst <= 0.10,
-        "attributes": rows,
-        "command": " ".join(sys.argv),
-        "seconds": time.time() - t0,
-    }
+    x = load_samples(a.samples) if a.samples else sample(a)
+    if a.save_samples:
+        buf = io.BytesIO()
+        torch.save(x, buf)
+        atomic_write_bytes(a.save_samples, buf.getvalue())
+    clf = AttributeClassifier.load(a.classifier) if a.classifier else load_default()
+    data = data_frequencies(a.data)
+    freq = dict(zip(clf.attribute_names, clf.predict(x).float().mean(0).tolist(), strict=True))
+    worst, gap = gaps(freq, data)
+    rows = {n: {"data": data[n], "samples": freq[n], "gap": gap[n]} for n in gap}
+    result = {"n": len(x), "max_abs_gap": worst, "pass": worst <= 0.10}
+    result |= {"samples": str(a.samples)} if a.samples else {"model": a.model, "steps": a.steps}
+    result["classifier"] = str(a.classifier or "committed (src/hsae/assets/toy-classifier)")
+    if a.render_judge:
+        rfreq = render_judge_freq(x, a.toyfaces_seed, k=5)
+        rworst, rgap = gaps(rfreq, data)
+        for n in rows:
+            rows[n] |= {"render_judge": rfreq[n], "render_judge_gap": rgap[n]}
+        result |= {"render_judge_max_abs_gap": rworst, "render_judge_pass": rworst <= 0.10}
+    result |= {"attributes": rows, "command": " ".join(sys.argv), "seconds": time.time() - t0}
+    grid = x[:64].float() / 127.5 - 1
+    save_grid([grid[i : i + 16] for i in range(0, len(grid), 16)], a.out / "samples.png")
     atomic_write_json(a.out / "sample_check.json", result)
     print(json.dumps(result, indent=2))
     return 0

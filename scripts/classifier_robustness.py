@@ -14,41 +14,38 @@ import argparse
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from hsae.classifier import load_default, load_labelled_split
-from hsae.counterfactual import gaussian_window
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """uint8 (N, 3, H, W) blurred by a 5×5 Gaussian, edges replicated."""
-    w = gaussian_window(5, sigma).float().expand(3, 1, 5, 5)  # one kernel per colour channel
-    x = F.conv2d(F.pad(images.float(), (2, 2, 2, 2), mode="replicate"), w, groups=3)
-    return x.round().clamp(0, 255).to(torch.uint8)
+from hsae.augment import gaussian_blur, pixel_noise
+from hsae.classifier import AttributeClassifier, load_default, load_labelled_split
 
 
-def pixel_noise(images: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
+def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """uint8 (N, 3, H, W) images blurred by a 5-tap Gaussian, back to uint8."""
+    return gaussian_blur(images.float(), sigma).round().clamp(0, 255).to(torch.uint8)
+
+
+def noised(images: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    noisy = images.float() + std * torch.randn(images.shape, generator=g)
-    return noisy.round().clamp(0, 255).to(torch.uint8)
+    return pixel_noise(images.float(), std, g).round().clamp(0, 255).to(torch.uint8)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("data/toyfaces"))
     p.add_argument("--n", type=int, default=2000, help="test-split images to use")
+    p.add_argument("--classifier", type=Path, help="classifier folder (default: the committed one)")
     a = p.parse_args()
     images, labels = load_labelled_split(a.data, 2)
     if len(images) == 0:
         raise SystemExit(f"{a.data} has no test-split images (list_eval_partition.txt code 2)")
     images, labels = images[: a.n], labels[: a.n]
-    clf = load_default()
+    clf = AttributeClassifier.load(a.classifier) if a.classifier else load_default()
     columns = {
         "truth": labels.float().mean(0),
         "clean": clf.predict(images).float().mean(0),
-        "blur 0.5": clf.predict(gaussian_blur(images, 0.5)).float().mean(0),
-        "blur 0.7": clf.predict(gaussian_blur(images, 0.7)).float().mean(0),
-        "noise 6": clf.predict(pixel_noise(images, 6.0)).float().mean(0),
+        "blur 0.5": clf.predict(blurred(images, 0.5)).float().mean(0),
+        "blur 0.7": clf.predict(blurred(images, 0.7)).float().mean(0),
+        "noise 6": clf.predict(noised(images, 6.0)).float().mean(0),
     }
     print(f"{len(images)} test images of {a.data}; predicted frequency per attribute")
     print("| attribute | " + " | ".join(columns) + " |")

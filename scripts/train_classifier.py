@@ -2,10 +2,15 @@
 
     python scripts/train_classifier.py --data data/toyfaces --out src/hsae/assets/toy-classifier
 
-Trains on partition 0 with Adam, a cosine learning rate and label-preserving augmentation
-(random shifts of up to --shift px with edge replication, horizontal flips: every toyfaces
-attribute is left-right symmetric), keeps the epoch with the best mean validation balanced
-accuracy, and writes model.safetensors, cfg.json, metrics.json and train_log.txt into --out.
+Trains on partition 0 with Adam, a cosine learning rate and label-preserving augmentation:
+random shifts of up to --shift px with edge replication, horizontal flips (every toyfaces
+attribute is left-right symmetric), and, on a random --degrade-p of the images, a Gaussian blur
+of sigma up to --blur px and pixel noise of std up to --noise (of 255). The classifier judges
+DDPM samples, which are slightly softer than the renders; without the blur, a 0.7 px blur alone
+flipped half of its Smiling and Heavy_Eyebrows verdicts (scripts/classifier_robustness.py).
+Keeps the epoch with the best mean validation balanced accuracy and writes model.safetensors,
+cfg.json, metrics.json and train_log.txt into --out; the test metrics are measured on clean
+test images and again after a 0.7 px blur.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hsae.augment import degrade, gaussian_blur
 from hsae.classifier import (
     AttributeClassifier,
     ClassifierConfig,
@@ -41,11 +47,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--shift", type=int, default=2, help="max random translation in px")
+    p.add_argument("--blur", type=float, default=0.9, help="max Gaussian blur sigma in px")
+    p.add_argument("--noise", type=float, default=8.0, help="max pixel noise std (of 255)")
+    p.add_argument("--degrade-p", type=float, default=0.5, help="share of blurred/noised images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.shift < 0:
         p.error("--epochs, --batch-size and --lr must be positive and --shift >= 0")
+    if args.blur < 0 or args.noise < 0 or not 0 <= args.degrade_p <= 1:
+        p.error("--blur and --noise must be >= 0 and --degrade-p in [0, 1]")
     return args
 
 
@@ -80,6 +91,7 @@ def train_epoch(
     for i in range(0, len(perm), args.batch_size):
         idx = perm[i : i + args.batch_size]
         x = augment(to_model_input(images[idx]), args.shift, gen)
+        x = degrade(x, args.blur, args.noise, args.degrade_p, gen)
         loss = F.binary_cross_entropy_with_logits(model(x), labels[idx].float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -160,8 +172,12 @@ def main(argv: list[str] | None = None) -> None:
     train_seconds = time.time() - t0
     model.load_state_dict(state)
     test_metrics = evaluate(model, *splits[2])
+    test_images, test_labels = splits[2]
+    blurred = gaussian_blur(to_model_input(test_images), 0.7)
+    blur_metrics = evaluate(model, blurred, test_labels)
     log(f"best val epoch {best_epoch}; training took {train_seconds:.0f}s")
     log("test metrics:\n" + format_table(test_metrics))
+    log("test metrics, images blurred by a 0.7 px Gaussian:\n" + format_table(blur_metrics))
     model.save(args.out)
     metrics = {
         "command": command,
@@ -169,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         "best_epoch": best_epoch,
         "train_seconds": round(train_seconds, 1),
         "test": test_metrics,
+        "test_blur_0.7": blur_metrics,
         "val": val_metrics,
     }
     atomic_write_json(args.out / "metrics.json", metrics)

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hsae.render_judge import judge, render, render_bank
+from hsae.toyfaces import ATTRIBUTES, generate
+
+
+@pytest.fixture(scope="module")
+def bank() -> np.ndarray:
+    return render_bank(0, 800)
+
+
+def test_judge_reads_held_out_renders(bank: np.ndarray) -> None:
+    idx = range(800, 812)
+    truth = np.array([[generate(0, i).attributes[a] for a in ATTRIBUTES] for i in idx])
+    pred = judge(np.stack([render(0, i) for i in idx]), bank, seed=0, k=3, progress=False)
+    assert (pred == truth).mean() >= 0.95
+
+
+@pytest.mark.parametrize("attribute", ["Heavy_Eyebrows", "Smiling", "Pale_Skin"])
+def test_judge_follows_one_toggled_attribute(bank: np.ndarray, attribute: str) -> None:
+    j = ATTRIBUTES.index(attribute)
+    faces = np.stack([render(0, 900, **{attribute: v}) for v in (False, True)])
+    pred = judge(faces, bank, seed=0, k=8, progress=False)
+    assert pred[:, j].tolist() == [False, True]
+
+
+def test_judge_rejects_bad_shapes_and_k(bank: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="images must have shape"):
+        judge(np.zeros((2, 16, 16, 3), np.float32), bank, seed=0)
+    with pytest.raises(ValueError, match="k must be in"):
+        judge(bank[:1], bank, seed=0, k=0)
