@@ -38,7 +38,7 @@ def sample(a: argparse.Namespace) -> torch.Tensor:
     backbone = DiffusionBackbone.load(a.model)
     out, t0 = [], time.time()
     for b in range(0, a.n, a.batch):
-        x = ddim_samples(backbone, min(a.batch, a.n - b), a.steps, seed=b)
+        x = ddim_samples(backbone, min(a.batch, a.n - b), a.steps, b, a.spacing, a.eta)
         out.append(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2))
         print(f"{b + len(out[-1])}/{a.n} samples, {time.time() - t0:.0f}s", flush=True)
     return torch.cat(out)
@@ -72,6 +72,8 @@ def main() -> int:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--spacing", default="trailing", help="DDIM timestep spacing (see ddim_grid)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 ancestral")
     p.add_argument("--classifier", type=Path, help="classifier folder (default: the committed one)")
     p.add_argument("--samples", type=Path, help="judge these saved samples instead of sampling")
     p.add_argument("--save-samples", type=Path, help="write the samples here (torch, uint8)")
@@ -91,7 +93,8 @@ def main() -> int:
     worst, gap = gaps(freq, data)
     rows = {n: {"data": data[n], "samples": freq[n], "gap": gap[n]} for n in gap}
     result = {"n": len(x), "max_abs_gap": worst, "pass": worst <= 0.10}
-    result |= {"samples": str(a.samples)} if a.samples else {"model": a.model, "steps": a.steps}
+    sampler = {"model": a.model, "steps": a.steps, "spacing": a.spacing, "eta": a.eta}
+    result |= {"samples": str(a.samples)} if a.samples else sampler
     result["classifier"] = str(a.classifier or "committed (src/hsae/assets/toy-classifier)")
     if a.render_judge:
         rfreq = render_judge_freq(x, a.toyfaces_seed, k=5)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import SD_SCHEDULER
 
 from hsae.invert import Inversion, capture_h, ddim_grid, invert, resume
 
@@ -28,6 +29,17 @@ def test_grid_honours_steps_offset_and_spacing(sd_backbone, make_pixel_backbone)
     assert grid.timesteps[grid.index_for(0.7)] == 700
     with pytest.raises(ValueError, match="steps"):
         ddim_grid(sd_backbone, 0)
+
+
+def test_grid_spacing_override_leaves_the_model_alone(sd_backbone, make_pixel_backbone):
+    for bb in (sd_backbone, make_pixel_backbone()):
+        trailing = ddim_grid(bb, 10, "trailing")
+        assert trailing.timesteps[-1] == 999  # sampling from noise starts at t = T - 1
+        assert trailing.timesteps == tuple(range(99, 1000, 100))
+        assert bb.scheduler.config.timestep_spacing == "leading"
+        assert ddim_grid(bb, 10).timesteps[-1] < 999
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        ddim_grid(sd_backbone, 10, "random")
 
 
 @pytest.mark.parametrize("t", [0.0, -0.1, 1.01, 2.0])
@@ -101,6 +113,46 @@ def test_oracle_point_mass_resume_lands_on_the_point(make_oracle_backbone, predi
     a = grid.alphas[grid.index_for(0.7)]
     want = (z_t.double() - a**0.5 * bb.unet.mean) / (1 - a) ** 0.5
     torch.testing.assert_close(h, want, rtol=0, atol=1e-9)
+
+
+def _oracle_samples(bb, spacing: str, eta: float, n: int = 4000) -> torch.Tensor:
+    grid = ddim_grid(bb, 50, spacing)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn((n, *bb.latent_shape), generator=g, dtype=torch.float64)
+    return resume(bb, z, len(grid.timesteps) - 1, grid, eta=eta, generator=g)[0]
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_oracle_sampling_from_noise_matches_the_data(make_oracle_backbone, eta):
+    """From pure noise at t = T, exact denoisers sample about N(mean, std²), deterministic
+    (eta 0) and ancestral (eta 1) DDIM alike. The cosine schedule (the toy's) has ᾱ_T ≈ 0, so
+    pure noise is the right start. 50 coarse steps lose a little variance (more with eta 1)."""
+    cosine = {**SD_SCHEDULER, "beta_schedule": "squaredcos_cap_v2"}
+    bb = make_oracle_backbone("v_prediction", std=0.5, scheduler=cosine)
+    x = _oracle_samples(bb, "trailing", eta)
+    assert _max_err(x.mean(0), bb.unet.mean) < 0.03
+    assert abs(float((x - bb.unet.mean).std()) - 0.5) < 0.04
+    if eta == 0.0:  # "leading" starts below T, where pure noise lacks the expected signal
+        leading = _oracle_samples(bb, "leading", eta)
+        assert _max_err(leading.mean(0), bb.unet.mean) > 1.3 * _max_err(x.mean(0), bb.unet.mean)
+
+
+def test_eta_noise_is_seeded_and_vanishes_at_a_point_mass(make_oracle_backbone):
+    bb = make_oracle_backbone("epsilon", std=0.3)
+    grid = ddim_grid(bb, 10, "trailing")
+    z = torch.randn((2, *bb.latent_shape), generator=torch.Generator().manual_seed(4)).double()
+
+    def run(eta: float, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return resume(bb, z, len(grid.timesteps) - 1, grid, eta=eta, generator=g)[0]
+
+    torch.testing.assert_close(run(1.0, 0), run(1.0, 0), rtol=0, atol=0)
+    assert _max_err(run(1.0, 0), run(1.0, 1)) > 1e-3 and _max_err(run(1.0, 0), run(0.0, 0)) > 1e-3
+    point = make_oracle_backbone("epsilon", std=0.0)
+    x = resume(point, z, len(grid.timesteps) - 1, grid, eta=1.0, generator=torch.Generator())[0]
+    torch.testing.assert_close(x, point.unet.mean.expand_as(x), rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="eta must be in"):
+        resume(bb, z, 3, grid, eta=1.5)
 
 
 def _affine_inversion(x0, mean, std, timesteps, acp):

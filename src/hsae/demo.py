@@ -48,18 +48,25 @@ def save_grid(rows: list[torch.Tensor], path: Path, scale: int = 3) -> Path:
 
 @torch.no_grad()
 def ddim_samples(
-    backbone: DiffusionBackbone, n: int, steps: int = 50, seed: int = 0
+    backbone: DiffusionBackbone,
+    n: int,
+    steps: int = 50,
+    seed: int = 0,
+    spacing: str = "trailing",
+    eta: float = 0.0,
 ) -> torch.Tensor:
     """Unconditional DDIM samples: resume from pure noise at the top of the grid, clipping x0
-    when the model's scheduler config asks for it (clip_sample), as diffusers' pipelines do."""
+    when the model's scheduler config asks for it (clip_sample), as diffusers' pipelines do.
+    The grid's spacing defaults to "trailing", which starts from noise at t = T (see ddim_grid);
+    eta > 0 adds DDIM's fresh noise per step (1 = ancestral sampling), drawn from `seed` too."""
     from hsae.invert import ddim_grid, resume
 
-    grid = ddim_grid(backbone, steps)
+    grid = ddim_grid(backbone, steps, spacing)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n, *backbone.latent_shape), generator=g).to(backbone.device, backbone.dtype)
     cfg = backbone.scheduler.config
     clip = float(cfg.clip_sample_range) if cfg.get("clip_sample", False) else None
-    z0, _ = resume(backbone, z, len(grid.timesteps) - 1, grid, clip_x0=clip)
+    z0, _ = resume(backbone, z, len(grid.timesteps) - 1, grid, clip_x0=clip, eta=eta, generator=g)
     return backbone.decode(z0)
 
 
