@@ -4,17 +4,18 @@ For each image, the `k` nearest renders of a bank (full-image L2 distance) suppl
 nuisance: position, scale, colours. Each candidate is re-rendered with every combination of a
 group's attributes (its other attributes kept), and the combination whose render is closest to the
 image inside the group's region (`attribute_region_mask`, the image shifted by up to 1 px) is the
-verdict for the group. Unlike a CNN, it cannot learn a shortcut: a thin brow is judged thin only
-if a thin-brow render matches better than a thick one.
+verdict for the group. It has no weights that could learn a shortcut (a thin brow is judged thin
+only if a thin-brow render matches better), but it assumes sharp drawings: on renders blurred by
+0.7 px it calls about 11 points too many eyes closed (README, "Toy DDPM").
 """
 
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from hsae.toyfaces import ATTRIBUTES, attribute_region_mask, generate
 
@@ -90,12 +91,9 @@ def judge(
         raise ValueError(f"k must be in [1, {len(bank)}] (the bank size), got {k}")
     nearest = nearest_renders(images, bank, k)
     out = np.zeros((len(images), len(ATTRIBUTES)), bool)
-    t0 = time.time()
-    for i, img in enumerate(images):
+    for i, img in enumerate(tqdm(images, desc="render judge", unit="img", disable=not progress)):
         neighbours = nearest[i].tolist()
         for group in GROUPS:
             for a, v in judge_group(img, seed, neighbours, group).items():
                 out[i, ATTRIBUTES.index(a)] = v
-        if progress and (i + 1) % 100 == 0:
-            print(f"{i + 1}/{len(images)} judged, {time.time() - t0:.0f}s", flush=True)
     return out
