@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hsae.augment import gaussian_blur
+from hsae.io_utils import atomic_write_json
 from hsae.render_judge import judge, render, render_bank
 from hsae.toyfaces import ATTRIBUTES, generate
 
@@ -41,6 +42,8 @@ def main() -> None:
     a = p.parse_args()
     if (a.images is None) == (a.validate <= 0):
         p.error("give exactly one of --images FILE and --validate N")
+    if a.bank < 1 or not 1 <= a.k <= a.bank or a.blur < 0:
+        p.error("--bank must be >= 1, --k in [1, --bank] and --blur >= 0")
     t0 = time.time()
     bank = render_bank(a.seed, a.bank)
     print(f"bank of {a.bank} renders in {time.time() - t0:.0f}s", flush=True)
@@ -60,7 +63,7 @@ def main() -> None:
     result["n"], result["seconds"] = len(pred), round(time.time() - t0, 1)
     print(json.dumps(result, indent=2))
     if a.json:
-        a.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(a.json, result)
 
 
 if __name__ == "__main__":
