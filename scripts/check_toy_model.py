@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hsae.backbone import DiffusionBackbone
@@ -52,11 +51,10 @@ def load_samples(path: Path) -> torch.Tensor:
 
 
 def render_judge_freq(images: torch.Tensor, seed: int, k: int) -> dict[str, float]:
-    from hsae.render_judge import judge, render_bank
+    from hsae.render_judge import DEFAULT_BANK, as_judge_input, judge, render_bank
     from hsae.toyfaces import ATTRIBUTES
 
-    bank = render_bank(seed, 16000)
-    pred = judge(images.permute(0, 2, 3, 1).numpy().astype(np.float32) / 255, bank, seed, k)
+    pred = judge(as_judge_input(images), render_bank(seed, DEFAULT_BANK), seed, k)
     return dict(zip(ATTRIBUTES, pred.mean(0).tolist(), strict=True))
 
 

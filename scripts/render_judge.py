@@ -18,7 +18,7 @@ import torch
 
 from hsae.augment import gaussian_blur
 from hsae.io_utils import atomic_write_json
-from hsae.render_judge import judge, render, render_bank
+from hsae.render_judge import DEFAULT_BANK, as_judge_input, judge, render, render_bank
 from hsae.toyfaces import ATTRIBUTES, generate
 
 
@@ -26,8 +26,7 @@ def load_images(path: Path) -> np.ndarray:
     x = torch.load(path, map_location="cpu")
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
         raise SystemExit(f"{path}: expected a tensor of images (N, 3, H, W)")
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else (x.float().clamp(-1, 1) + 1) / 2
-    return x.permute(0, 2, 3, 1).numpy()
+    return as_judge_input(x)
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     p.add_argument("--validate", type=int, default=0, help="judge N renders after the bank")
     p.add_argument("--blur", type=float, default=0.0, help="blur validation renders (sigma px)")
     p.add_argument("--seed", type=int, default=0, help="toyfaces dataset seed")
-    p.add_argument("--bank", type=int, default=16000, help="renders to draw nuisance from")
+    p.add_argument("--bank", type=int, default=DEFAULT_BANK, help="renders to draw nuisance from")
     p.add_argument("--k", type=int, default=5, help="nearest renders tried per image")
     p.add_argument("--json", type=Path, help="write the frequencies (and accuracies) here")
     a = p.parse_args()

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from hsae.render_judge import judge, render, render_bank
+from hsae.render_judge import as_judge_input, judge, render, render_bank
 from hsae.toyfaces import ATTRIBUTES, generate
 
 
@@ -32,3 +33,12 @@ def test_judge_rejects_bad_shapes_and_k(bank: np.ndarray) -> None:
         judge(np.zeros((2, 16, 16, 3), np.float32), bank, seed=0)
     with pytest.raises(ValueError, match="k must be in"):
         judge(bank[:1], bank, seed=0, k=0)
+
+
+def test_as_judge_input_maps_uint8_and_float_images_to_unit_hwc() -> None:
+    u8 = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2)
+    fl = torch.tensor([-1.0, 1.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2)
+    for x in (u8, fl):
+        out = as_judge_input(x)
+        assert out.shape == (1, 1, 2, 3)
+        assert out[0, 0, 0].tolist() == [0.0] * 3 and out[0, 0, 1].tolist() == [1.0] * 3

@@ -27,6 +27,7 @@ GROUPS: tuple[tuple[str, ...], ...] = (
     ("Blue_Background",),
 )
 SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+DEFAULT_BANK = 16000  # the toyfaces train split the toy DDPM learned from
 
 
 def render(seed: int, index: int, **toggles: bool) -> np.ndarray:
@@ -55,6 +56,13 @@ def judge_group(img: np.ndarray, seed: int, neighbours: list[int], group: tuple[
             if err < best[0]:
                 best = (err, toggles)
     return best[1]
+
+
+def as_judge_input(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) uint8, or float in [-1, 1], → float (N, H, W, 3) in [0, 1] for `judge`."""
+    x = images.float()
+    x = x / 255 if images.dtype == torch.uint8 else (x.clamp(-1, 1) + 1) / 2
+    return x.permute(0, 2, 3, 1).numpy()
 
 
 def render_bank(seed: int, n: int) -> np.ndarray:
