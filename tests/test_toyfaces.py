@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from hsae.data import ImageDataset, parse_celeba_attributes
 from hsae.toyfaces import (
     ATTRIBUTES,
     DEFAULT_PROBS,
+    GENERATOR_VERSION,
     ToyFacesConfig,
     attribute_region_mask,
     generate,
@@ -76,6 +78,21 @@ def test_rewriting_with_another_seed_does_not_keep_stale_images(tmp_path: Path) 
     assert _files(tmp_path / "d") == _files(
         write_dataset(tmp_path / "e", 6, seed=1, progress=False)
     )
+
+
+def test_rewriting_a_folder_of_an_older_generator_redraws_it(tmp_path: Path) -> None:
+    # A folder written before the drawing changed has the same seed and config; only the recorded
+    # generator version tells its images apart from what the labels now describe.
+    write_dataset(tmp_path / "old", n=4, seed=0, progress=False)
+    meta_path = tmp_path / "old" / "toyfaces.json"
+    meta = json.loads(meta_path.read_text())
+    meta["version"] = GENERATOR_VERSION - 1
+    meta_path.write_text(json.dumps(meta))
+    stale = tmp_path / "old" / "img_align_celeba" / "000001.png"
+    Image.new("RGB", (32, 32)).save(stale)
+    write_dataset(tmp_path / "old", n=4, seed=0, progress=False)
+    assert np.array_equal(_pixels(Image.open(stale)), _pixels(generate(0, 0).image))
+    assert json.loads(meta_path.read_text())["version"] == GENERATOR_VERSION
 
 
 # ----------------------------------------------------------------------------- labels

@@ -18,6 +18,10 @@ from PIL import Image, ImageDraw
 
 from hsae.io_utils import atomic_write_text
 
+# Bumped whenever drawing changes, so re-running `hsae data toyfaces` into an old folder redraws
+# every image instead of keeping ones that no longer match the generator (2: larger eyes).
+GENERATOR_VERSION = 2
+
 ATTRIBUTES: tuple[str, ...] = (
     "Smiling",
     "Mouth_Slightly_Open",
@@ -181,22 +185,24 @@ def render_face(attrs: dict[str, bool], nuis: dict[str, float], cfg: ToyFacesCon
 def _draw_eyes(
     d: ImageDraw.ImageDraw, box, attrs: dict[str, bool], nuis: dict[str, float], s: int
 ) -> None:
+    # Eyes are ~5 px wide at 32 px: at 3-4 px the toy DDPM redrew a third of closed eyes as open
+    # (a 1 px lid line and a 2 px pupil put the same ink in the same place once noised).
     g = nuis["eye_gap"]
     ink = (25, 20, 20)
     for ex in (-g, g):
         if attrs["Eyes_Closed"]:
-            d.line(box(ex - 0.06, -0.02, ex + 0.06, -0.02)[:4], fill=ink, width=_lw(5, s))
+            d.line(box(ex - 0.085, -0.02, ex + 0.085, -0.02)[:4], fill=ink, width=_lw(7, s))
         else:
-            d.ellipse(box(ex - 0.06, -0.07, ex + 0.06, 0.03), fill=(250, 250, 250))
-            d.ellipse(box(ex - 0.03, -0.05, ex + 0.03, 0.01), fill=ink)
+            d.ellipse(box(ex - 0.085, -0.09, ex + 0.085, 0.05), fill=(250, 250, 250))
+            d.ellipse(box(ex - 0.04, -0.06, ex + 0.04, 0.02), fill=ink)
         brow_w = _lw(7 if attrs["Heavy_Eyebrows"] else 2, s)
-        d.line(box(ex - 0.07, -0.12, ex + 0.07, -0.12)[:4], fill=ink, width=brow_w)
+        d.line(box(ex - 0.085, -0.15, ex + 0.085, -0.15)[:4], fill=ink, width=brow_w)
         if attrs["Eyeglasses"]:
             frame = _hsv(nuis["glasses_h"], 0.8, 0.35)
-            d.ellipse(box(ex - 0.1, -0.1, ex + 0.1, 0.07), outline=frame, width=_lw(5, s))
+            d.ellipse(box(ex - 0.12, -0.12, ex + 0.12, 0.09), outline=frame, width=_lw(5, s))
     if attrs["Eyeglasses"]:
         frame = _hsv(nuis["glasses_h"], 0.8, 0.35)
-        d.line(box(-g + 0.1, -0.03, g - 0.1, -0.03)[:4], fill=frame, width=_lw(5, s))
+        d.line(box(-g + 0.12, -0.02, g - 0.12, -0.02)[:4], fill=frame, width=_lw(5, s))
 
 
 def _draw_mouth(d: ImageDraw.ImageDraw, box, attrs: dict[str, bool], s: int) -> None:
@@ -266,7 +272,13 @@ def write_dataset(
     out = Path(out)
     img_dir = out / "img_align_celeba"
     img_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"generator": "toyfaces", "seed": seed, "n": n, "config": asdict(cfg)}
+    meta = {
+        "generator": "toyfaces",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "n": n,
+        "config": asdict(cfg),
+    }
     # Re-running resumes, since images are pure functions of (seed, i, cfg); but images left by a
     # run with another seed or config (or of unknown origin) would silently mismatch the new
     # labels, so those are re-rendered. The metadata goes first to mark who owns the images.
@@ -293,12 +305,12 @@ def write_dataset(
 
 
 def _same_generator(meta_path: Path, meta: dict) -> bool:
-    """True if `meta_path` records the same seed and config as `meta` (n may differ)."""
+    """True if `meta_path` records the same generator version, seed and config (n may differ)."""
     try:
         old = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     # Round-trip through JSON so tuples compare equal to the lists they were saved as.
     new = json.loads(json.dumps(meta))
-    keys = ("generator", "seed", "config")
+    keys = ("generator", "version", "seed", "config")
     return isinstance(old, dict) and all(old.get(k) == new[k] for k in keys)
