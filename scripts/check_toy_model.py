@@ -22,14 +22,9 @@ import torch
 
 from hsae.backbone import DiffusionBackbone
 from hsae.classifier import AttributeClassifier, load_default
-from hsae.data import parse_celeba_attributes
+from hsae.data import attribute_frequencies
 from hsae.demo import ddim_samples, save_grid, to_uint8
 from hsae.io_utils import atomic_write_bytes, atomic_write_json
-
-
-def data_frequencies(data: Path) -> dict[str, float]:
-    _, names, values = parse_celeba_attributes(data / "list_attr_celeba.txt")
-    return dict(zip(names, (values > 0).mean(0).tolist(), strict=True))
 
 
 def sample(a: argparse.Namespace) -> torch.Tensor:
@@ -86,7 +81,7 @@ def main() -> int:
         torch.save(x, buf)
         atomic_write_bytes(a.save_samples, buf.getvalue())
     clf = AttributeClassifier.load(a.classifier) if a.classifier else load_default()
-    data = data_frequencies(a.data)
+    data = attribute_frequencies(a.data)
     freq = dict(zip(clf.attribute_names, clf.predict(x).float().mean(0).tolist(), strict=True))
     worst, gap = gaps(freq, data)
     rows = {n: {"data": data[n], "samples": freq[n], "gap": gap[n]} for n in gap}

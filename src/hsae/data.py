@@ -178,6 +178,12 @@ def parse_celeba_attributes(path: Path) -> tuple[list[str], list[str], np.ndarra
     return files, names, _parse_values(path, rows, names)
 
 
+def attribute_frequencies(root: Path) -> dict[str, float]:
+    """Fraction of images with each attribute in ROOT/list_attr_celeba.txt (all splits)."""
+    _, names, values = parse_celeba_attributes(Path(root) / "list_attr_celeba.txt")
+    return dict(zip(names, (values > 0).mean(0).tolist(), strict=True))
+
+
 def parse_partition(path: Path) -> dict[str, int]:
     """Read a CelebA `list_eval_partition.txt`: image name -> 0 train / 1 val / 2 test."""
     split_of: dict[str, int] = {}
