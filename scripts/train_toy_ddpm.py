@@ -197,7 +197,8 @@ def main() -> None:
     DDPMPipeline(unet=ema, scheduler=sched).save_pretrained(a.out, safe_serialization=True)
     args = {k: str(v) for k, v in vars(a).items()}
     atomic_write_json(a.out / "training_args.json", {**args, "exported_at_step": step})
-    plot_loss(log_path, a.out / "loss_curve.png")
+    if log_path.exists():  # absent when --export-at-checkpoint reads a checkpoint copied alone
+        plot_loss(log_path, a.out / "loss_curve.png")
     print(f"saved EMA pipeline to {a.out}")
 
 
