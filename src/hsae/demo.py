@@ -59,14 +59,20 @@ def ddim_samples(
     when the model's scheduler config asks for it (clip_sample), as diffusers' pipelines do.
     The grid's spacing defaults to "trailing", which starts from noise at t = T (see ddim_grid);
     eta > 0 adds DDIM's fresh noise per step (1 = ancestral sampling), drawn from `seed` too."""
-    from hsae.invert import ddim_grid, resume
+    from hsae.invert import ddim_grid, resume, sampling_clip
 
     grid = ddim_grid(backbone, steps, spacing)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n, *backbone.latent_shape), generator=g).to(backbone.device, backbone.dtype)
-    cfg = backbone.scheduler.config
-    clip = float(cfg.clip_sample_range) if cfg.get("clip_sample", False) else None
-    z0, _ = resume(backbone, z, len(grid.timesteps) - 1, grid, clip_x0=clip, eta=eta, generator=g)
+    z0, _ = resume(
+        backbone,
+        z,
+        len(grid.timesteps) - 1,
+        grid,
+        clip_x0=sampling_clip(backbone),
+        eta=eta,
+        generator=g,
+    )
     return backbone.decode(z0)
 
 

@@ -65,6 +65,12 @@ def ddim_grid(backbone: DiffusionBackbone, steps: int, spacing: str | None = Non
     )
 
 
+def sampling_clip(backbone: DiffusionBackbone) -> float | None:
+    """The x0 clamp diffusers' pipelines apply when sampling (scheduler clip_sample), or None."""
+    cfg = backbone.scheduler.config
+    return float(cfg.clip_sample_range) if cfg.get("clip_sample", False) else None
+
+
 @dataclass
 class Inversion:
     z_t: torch.Tensor

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from hsae.backbone import DiffusionBackbone
 from hsae.classifier import AttributeClassifier, to_model_input
-from hsae.invert import DDIMGrid, ddim_grid, resume
+from hsae.invert import DDIMGrid, ddim_grid, resume, sampling_clip
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,9 @@ def renoise_denoise(
     a = grid.alphas[t_index]
     noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype).to(z0.device)
     z_t = a**0.5 * z0 + (1 - a) ** 0.5 * noise
-    cfg = backbone.scheduler.config
-    clip = float(cfg.clip_sample_range) if cfg.get("clip_sample", False) else None
-    out, _ = resume(backbone, z_t, t_index, grid, clip_x0=clip, eta=eta, generator=generator)
+    out, _ = resume(
+        backbone, z_t, t_index, grid, clip_x0=sampling_clip(backbone), eta=eta, generator=generator
+    )
     return backbone.decode(out).clamp(-1, 1)
 
 
