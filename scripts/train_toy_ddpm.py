@@ -25,7 +25,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from hsae.classifier import load_labelled_split
-from hsae.io_utils import atomic_write_bytes, atomic_write_json
+from hsae.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 UNET_CONFIG = dict(
     sample_size=32,
@@ -71,6 +71,17 @@ def save_checkpoint(path: Path, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def trim_log(log_path: Path, step: int) -> None:
+    """Drop log records after `step`: a fresh run (step 0) must not append to the log of the
+    weights it replaces, and a resumed one re-trains the steps logged after its checkpoint."""
+    if not log_path.exists():
+        return
+    lines = log_path.read_text().splitlines()
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
+    if len(kept) != len(lines):
+        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
 
 
 def main() -> None:
@@ -141,6 +152,8 @@ def main() -> None:
         gen.set_state(st["gen"])
         step = st["step"]
         print(f"resumed from {ckpt_path} at step {step}")
+    if not a.export_at_checkpoint:
+        trim_log(log_path, step)
     print(
         f"{len(images)} train images, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params"
     )
