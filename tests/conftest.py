@@ -6,13 +6,16 @@
 - `pixel_unet` / `make_pixel_backbone` / `pixel_pipeline_dir`: a tiny `UNet2DModel` pixel DDPM.
 - `make_oracle_backbone`: an exact-prediction "U-Net" for a Gaussian (or point-mass) data set, so
   inversion can be checked against closed forms.
+- `load_script`: import a file of scripts/ as a module (they are not part of the package).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 # No test may reach the network: hub ids fail fast instead of downloading.
@@ -273,3 +276,16 @@ def make_oracle_backbone() -> Callable:
         return DiffusionBackbone(unet, cfg, model_id=f"oracle-{prediction_type}")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def load_script() -> Callable:
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

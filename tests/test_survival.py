@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,8 +11,6 @@ import torch
 from hsae.classifier import AttributeClassifier, ClassifierConfig
 from hsae.survival import _rows, attribute_survival, balanced_subset
 from hsae.toyfaces import write_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_rows_count_reads_within_present_and_absent_images() -> None:
@@ -73,16 +70,9 @@ def test_attribute_survival_rejects_mismatched_inputs(make_oracle_backbone) -> N
         attribute_survival(backbone, clf, images, labels, {"A": 0.3}, [0.5])
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "survival_script", ROOT / "scripts" / "attribute_survival.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_script_runs_on_a_tiny_model(tmp_path: Path, pixel_pipeline_dir, capsys) -> None:
+def test_script_runs_on_a_tiny_model(
+    tmp_path: Path, pixel_pipeline_dir, capsys, load_script
+) -> None:
     data = write_dataset(tmp_path / "faces", n=40, seed=0, progress=False)
     torch.manual_seed(0)
     clf_dir = AttributeClassifier(ClassifierConfig(channels=(4,))).save(tmp_path / "clf")
@@ -100,13 +90,13 @@ def test_script_runs_on_a_tiny_model(tmp_path: Path, pixel_pipeline_dir, capsys)
         "--json",
         str(out),
     ]
-    assert _script().main(argv) == 0
+    assert load_script("attribute_survival").main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 11 and {r["t_frac"] for r in rows} == {0.2}
     assert "Eyes_Closed" in capsys.readouterr().out
 
 
-def test_script_names_an_unknown_attribute(tmp_path: Path) -> None:
+def test_script_names_an_unknown_attribute(tmp_path: Path, load_script) -> None:
     data = write_dataset(tmp_path / "faces", n=10, seed=0, progress=False)
     with pytest.raises(SystemExit, match="Eyes_Shut"):
-        _script().main(["--data", str(data), "--attribute", "Eyes_Shut"])
+        load_script("attribute_survival").main(["--data", str(data), "--attribute", "Eyes_Shut"])
