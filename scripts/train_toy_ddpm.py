@@ -75,13 +75,21 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def trim_log(log_path: Path, step: int) -> None:
     """Drop log records after `step`: a fresh run (step 0) must not append to the log of the
-    weights it replaces, and a resumed one re-trains the steps logged after its checkpoint."""
+    weights it replaces, and a resumed one re-trains the steps logged after its checkpoint.
+    A line cut short by a kill mid-append is dropped too."""
     if not log_path.exists():
         return
     lines = log_path.read_text().splitlines()
-    kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
+    kept = [ln for ln in lines if (at := _logged_step(ln)) is not None and at <= step]
     if len(kept) != len(lines):
         atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
+
+
+def _logged_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def main() -> None:

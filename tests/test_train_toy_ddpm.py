@@ -33,3 +33,12 @@ def test_a_log_within_the_checkpoint_is_left_untouched(tmp_path: Path, load_scri
     before = log.stat().st_mtime_ns
     load_script("train_toy_ddpm").trim_log(log, 40)
     assert log.stat().st_mtime_ns == before
+
+
+def test_a_line_cut_short_by_a_kill_is_dropped(tmp_path: Path, load_script) -> None:
+    log = tmp_path / "train_log.jsonl"
+    _write_log(log, [20, 40])
+    with open(log, "a") as f:
+        f.write('{"step": 60, "lo')
+    load_script("train_toy_ddpm").trim_log(log, 60)
+    assert [json.loads(ln)["step"] for ln in log.read_text().splitlines()] == [20, 40]
