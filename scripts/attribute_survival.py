@@ -7,6 +7,7 @@ Takes up to --n test images with the attribute and --n without, noises each to e
 the model denoise it (trailing DDIM grid, eta 1, as the toy's sample check), and prints for each
 t how often the classifier still reads the attribute (kept), reads it where it was absent
 (gained) and the frequency these imply at the data's base rate, against the data's frequency.
+`--by Pale_Skin` adds the same rows for each value of another attribute: where it is lost.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eta", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--by", help="also split kept / gained by this attribute's two values")
     p.add_argument("--json", type=Path, help="also write the rows here")
     a = p.parse_args(argv)
     if a.n < 1:
@@ -49,12 +51,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def table(rows: list[SurvivalRow], attribute: str) -> str:
-    lines = [f"{'t':>5} {'timestep':>8} {'kept':>6} {'gained':>6} {'implied':>7} {'data':>6}"]
+    head = f"{'t':>5} {'timestep':>8} {'kept':>6} {'gained':>6} {'implied':>7} {'data':>6}"
+    lines = [f"{head}  {'images (present / absent)'}"]
     for r in rows:
         if r.attribute == attribute:
             lines.append(
                 f"{r.t_frac:5.2f} {r.timestep:8d} {r.kept:6.3f} {r.gained:6.3f} "
-                f"{r.implied_frequency:7.3f} {r.data_frequency:6.3f}"
+                f"{r.implied_frequency:7.3f} {r.data_frequency:6.3f}  "
+                f"{r.subset} ({r.n_present} / {r.n_absent})"
             )
     return "\n".join(lines)
 
@@ -63,10 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     torch.manual_seed(a.seed)
     clf = AttributeClassifier.load(a.classifier) if a.classifier else load_default()
-    if a.attribute not in clf.attribute_names:
-        sys.exit(
-            f"--attribute {a.attribute!r} is not one of the classifier's {clf.attribute_names}"
-        )
+    for flag, name in (("--attribute", a.attribute), ("--by", a.by)):
+        if name is not None and name not in clf.attribute_names:
+            sys.exit(f"{flag} {name!r} is not one of the classifier's {clf.attribute_names}")
     images, labels = load_labelled_split(a.data, a.split, clf.attribute_names)
     keep = balanced_subset(labels, clf.attribute_names.index(a.attribute), a.n)
     backbone = DiffusionBackbone.load(a.model)
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         a.eta,
         a.seed,
         a.batch,
+        a.by,
     )
     print(f"{a.attribute}: {len(keep)} images, model {a.model}")
     print(table(rows, a.attribute))

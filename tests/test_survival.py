@@ -60,6 +60,21 @@ def test_a_model_that_forgets_everything_keeps_as_often_as_it_gains(make_oracle_
         assert r.implied_frequency == pytest.approx(reading[j].item())
 
 
+def test_by_splits_the_rows_by_another_attribute(make_oracle_backbone) -> None:
+    backbone, clf, images, labels = _oracle_setup(make_oracle_backbone)
+    freq = {"A": 0.3, "B": 0.6}
+    rows = attribute_survival(backbone, clf, images, labels, freq, [0.5], steps=10, by="B")
+    assert [(r.attribute, r.subset) for r in rows] == [
+        ("A", "all"), ("B", "all"), ("A", "B=1"), ("B", "B=1"), ("A", "B=0"), ("B", "B=0")
+    ]  # fmt: skip
+    whole, on, off = rows[0], rows[2], rows[4]
+    assert on.n_present + off.n_present == whole.n_present == int(labels[:, 0].sum())
+    assert on.n_absent + off.n_absent == whole.n_absent
+    # Within B=1 every image has B: none is absent, so "gained" is undefined there.
+    assert rows[3].n_absent == 0 and rows[3].gained != rows[3].gained
+    assert on.kept == on.gained == whole.kept  # the oracle forgets in every subset
+
+
 def test_attribute_survival_rejects_mismatched_inputs(make_oracle_backbone) -> None:
     backbone, clf, images, labels = _oracle_setup(make_oracle_backbone)
     with pytest.raises(ValueError, match="uint8"):
@@ -68,6 +83,8 @@ def test_attribute_survival_rejects_mismatched_inputs(make_oracle_backbone) -> N
         attribute_survival(backbone, clf, images, labels[:, :1], {"A": 0.3, "B": 0.6}, [0.5])
     with pytest.raises(ValueError, match="no data frequency"):
         attribute_survival(backbone, clf, images, labels, {"A": 0.3}, [0.5])
+    with pytest.raises(ValueError, match="by='C'"):
+        attribute_survival(backbone, clf, images, labels, {"A": 0.3, "B": 0.6}, [0.5], by="C")
 
 
 def test_script_runs_on_a_tiny_model(
@@ -87,12 +104,15 @@ def test_script_runs_on_a_tiny_model(
         "0.2",
         "--steps",
         "5",
+        "--by",
+        "Pale_Skin",
         "--json",
         str(out),
     ]
     assert load_script("attribute_survival").main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 11 and {r["t_frac"] for r in rows} == {0.2}
+    assert len(rows) == 33 and {r["t_frac"] for r in rows} == {0.2}
+    assert {r["subset"] for r in rows} == {"all", "Pale_Skin=1", "Pale_Skin=0"}
     assert "Eyes_Closed" in capsys.readouterr().out
 
 
@@ -100,3 +120,6 @@ def test_script_names_an_unknown_attribute(tmp_path: Path, load_script) -> None:
     data = write_dataset(tmp_path / "faces", n=10, seed=0, progress=False)
     with pytest.raises(SystemExit, match="Eyes_Shut"):
         load_script("attribute_survival").main(["--data", str(data), "--attribute", "Eyes_Shut"])
+    argv = ["--data", str(data), "--attribute", "Smiling", "--by", "Pale_Skn"]
+    with pytest.raises(SystemExit, match="--by 'Pale_Skn'"):
+        load_script("attribute_survival").main(argv)

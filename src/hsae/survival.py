@@ -37,6 +37,7 @@ class SurvivalRow:
     implied_frequency: float
     n_present: int
     n_absent: int
+    subset: str = "all"
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -78,12 +79,17 @@ def attribute_survival(
     eta: float = 1.0,
     seed: int = 0,
     batch: int = 100,
+    by: str | None = None,
 ) -> list[SurvivalRow]:
     """Rows for every (t, classifier attribute); images uint8 (N, 3, H, W), labels bool (N, A).
 
-    The same noise seeds serve every t, so curves over t differ by the noise level only.
+    The same noise seeds serve every t, so curves over t differ by the noise level only. `by`
+    names an attribute whose two values each get their own rows too (subset "Pale_Skin=1" …),
+    to see *where* an attribute is lost; their implied frequency still uses the whole data's p.
     """
     names = classifier.attribute_names
+    if by is not None and by not in names:
+        raise ValueError(f"by={by!r} is not one of the classifier's attributes {names}")
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(
             f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}"
@@ -108,9 +114,12 @@ def attribute_survival(
                     backbone, to_model_input(images[b : b + batch]), grid, i, eta, g
                 )
             preds.append(classifier.predict(_as_uint8(x)).bool())
-        rows += _rows(
-            torch.cat(preds), labels.bool(), names, data_frequency, frac, grid.timesteps[i]
-        )
+        pred, truth, step = torch.cat(preds), labels.bool(), grid.timesteps[i]
+        rows += _rows(pred, truth, names, data_frequency, frac, step)
+        for value in (True, False) if by is not None else ():
+            m = truth[:, names.index(by)] == value
+            subset = f"{by}={int(value)}"
+            rows += _rows(pred[m], truth[m], names, data_frequency, frac, step, subset)
     return rows
 
 
@@ -121,6 +130,7 @@ def _rows(
     data_frequency: dict[str, float],
     frac: float,
     timestep: int,
+    subset: str = "all",
 ) -> list[SurvivalRow]:
     rows = []
     for j, name in enumerate(names):
@@ -139,6 +149,7 @@ def _rows(
                 p * kept + (1 - p) * gained,
                 int(present.sum()),
                 int(absent.sum()),
+                subset,
             )
         )
     return rows
