@@ -60,7 +60,8 @@ figures: $(STAMP)
 	$(PY) scripts/check_toy_model.py --data data/toyfaces --n 1000 --batch 250 --eta 1 \
 	  --render-judge --out src/hsae/assets/toy-ddpm
 	for a in Eyes_Closed Smiling; do $(PY) scripts/attribute_survival.py --data data/toyfaces \
-	  --attribute $$a --n 100 --t 0.1 0.3 0.5 0.7 1.0 --json runs/figures/survival-$$a.json; done
+	  --attribute $$a --n 100 --t 0.1 0.3 0.5 0.7 1.0 --by Pale_Skin \
+	  --json runs/figures/survival-$$a.json; done
 	$(PY) scripts/render_judge.py --validate 1000
 	$(PY) scripts/render_judge.py --validate 1000 --blur 0.7
 	$(VENV)/bin/hsae demo --out runs/demo
