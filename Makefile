@@ -66,6 +66,7 @@ figures: $(STAMP)
 	$(PY) scripts/render_judge.py --validate 1000 --blur 0.7
 	$(VENV)/bin/hsae demo --out runs/demo
 	$(MAKE) table2
+	$(PY) scripts/classifier_robustness.py --data data/toyfaces-shifted --split all
 	test -d $(BENCH) || $(VENV)/bin/hsae data toyfaces --n 1000 --seed 7 --out $(BENCH)
 	$(VENV)/bin/hsae extract --data $(BENCH) --out $(K1)/acts
 	$(VENV)/bin/hsae probe --store $(K1)/acts --sae runs/table2/sae/ca-l1-0.1 \
