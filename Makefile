@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install chromium demo test lint bench table2 figures retrain-toy retrain-classifier clean
+.PHONY: install chromium demo test lint bench table2 figures figures-toy figures-sae retrain-toy \
+  retrain-classifier clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,25 +49,32 @@ table2: $(STAMP)
 # Every model-dependent figure of the README "Measured on the toy model", in README order, after a
 # change of the toy model or data (~3 h on 2 cores). Each command is the one the README names;
 # stores made with other weights are refused with a message naming them (delete and re-run), and
-# Table 2 resumes where it stopped.
+# Table 2 resumes where it stopped. Outputs: runs/figures/ and the folders the README names.
 BENCH := data/toyfaces-bench
 K1 := runs/editbench-1k
-figures: $(STAMP)
+figures: figures-toy figures-sae
+
+figures-toy: $(STAMP)
 	test -d data/toyfaces || $(VENV)/bin/hsae data toyfaces --n 20000 --out data/toyfaces
 	mkdir -p runs/figures
 	$(VENV)/bin/hsae roundtrip --data data/toyfaces --model toy --n 32 --steps 10 25 50 100 \
 	  --split test --json runs/figures/roundtrip.json
-	$(PY) scripts/classifier_robustness.py --data data/toyfaces --n 2000
+	$(PY) scripts/classifier_robustness.py --data data/toyfaces --n 2000 \
+	  > runs/figures/classifier-robustness.md
 	$(PY) scripts/check_toy_model.py --data data/toyfaces --n 1000 --batch 250 --eta 1 \
 	  --render-judge --out src/hsae/assets/toy-ddpm
 	for a in Eyes_Closed Smiling; do $(PY) scripts/attribute_survival.py --data data/toyfaces \
 	  --attribute $$a --n 100 --t 0.1 0.3 0.5 0.7 1.0 --by Pale_Skin \
 	  --json runs/figures/survival-$$a.json; done
-	$(PY) scripts/render_judge.py --validate 1000
-	$(PY) scripts/render_judge.py --validate 1000 --blur 0.7
+	$(PY) scripts/render_judge.py --validate 1000 --json runs/figures/render-judge.json
+	$(PY) scripts/render_judge.py --validate 1000 --blur 0.7 \
+	  --json runs/figures/render-judge-blur.json
 	$(VENV)/bin/hsae demo --out runs/demo
-	$(MAKE) table2
-	$(PY) scripts/classifier_robustness.py --data data/toyfaces-shifted --split all
+
+figures-sae: table2
+	mkdir -p runs/figures
+	$(PY) scripts/classifier_robustness.py --data data/toyfaces-shifted --split all \
+	  > runs/figures/classifier-ood.md
 	test -d $(BENCH) || $(VENV)/bin/hsae data toyfaces --n 1000 --seed 7 --out $(BENCH)
 	$(VENV)/bin/hsae extract --data $(BENCH) --out $(K1)/acts
 	$(VENV)/bin/hsae probe --store $(K1)/acts --sae runs/table2/sae/ca-l1-0.1 \
@@ -74,7 +82,8 @@ figures: $(STAMP)
 	$(VENV)/bin/hsae editbench --store $(K1)/acts --sae runs/table2/sae/ca-l1-0.1 --data $(BENCH) \
 	  --attributes Eyeglasses Wearing_Hat Blond_Hair Smiling --n-images 40 --n-val 12 \
 	  --kappas 0 5 25 100 400 --scales 1 2 4 --edit-steps all --out $(K1)/editbench
-	$(PY) benchmarks/bench_extract.py --n 32 --batch 16 --steps 50 --repeats 3
+	$(PY) benchmarks/bench_extract.py --n 32 --batch 16 --steps 50 --repeats 3 \
+	  --json runs/figures/bench-extract.json
 
 # The embedded toy model and classifier: the exact commands that produced the committed weights.
 retrain-toy: $(STAMP)
