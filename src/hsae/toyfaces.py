@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw
 from hsae.io_utils import atomic_write_text
 
 # Bumped whenever drawing changes, so re-running `hsae data toyfaces` into an old folder redraws
-# every image instead of keeping ones that no longer match the generator (2: larger eyes).
+# every image instead of keeping ones that no longer match the generator (2: larger eyes; 3: larger
+# mouths; 4: dark lips and a chin beard).
 GENERATOR_VERSION = 4
 
 ATTRIBUTES: tuple[str, ...] = (
@@ -208,8 +209,9 @@ def _draw_eyes(
 
 
 def _draw_mouth(d: ImageDraw.ImageDraw, box, attrs: dict[str, bool], s: int) -> None:
-    # Mouths are ~8 px wide at 32 px and dark: with a 7 px smile dipping 1.5 px, in a red close
-    # to tanned skin, the toy DDPM lost a third of smiles on that skin by t = 0.3 T (version 2).
+    # Mouths are ~8 px wide at 32 px and dark: the toy DDPM lost a third of 7 px smiles dipping
+    # 1.5 px by t = 0.3 T (version 2), and at 8 px still a quarter of those on tanned skin, whose
+    # colour the red lips (170, 40, 50) nearly shared (version 3).
     ink, lips = (40, 10, 10), (100, 5, 25)
     if attrs["Mouth_Slightly_Open"] and attrs["Smiling"]:
         d.chord(box(-0.16, 0.04, 0.16, 0.3), 0, 180, fill=ink, outline=lips, width=_lw(4, s))
