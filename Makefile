@@ -50,6 +50,8 @@ table2: $(STAMP)
 # change of the toy model or data (~3 h on 2 cores). Each command is the one the README names;
 # stores made with other weights are refused with a message naming them (delete and re-run), and
 # Table 2 resumes where it stopped. Outputs: runs/figures/ and the folders the README names.
+# figures-toy (~45 min): the model, classifier, round trip, extraction benchmark and demo;
+# figures-sae (~2 h): Table 2, the larger probes and edit benchmark.
 BENCH := data/toyfaces-bench
 K1 := runs/editbench-1k
 figures: figures-toy figures-sae
@@ -61,6 +63,10 @@ figures-toy: $(STAMP)
 	  --split test --json runs/figures/roundtrip.json
 	$(PY) scripts/classifier_robustness.py --data data/toyfaces --n 2000 \
 	  > runs/figures/classifier-robustness.md
+	test -d data/toyfaces-shifted || \
+	  $(VENV)/bin/hsae data toyfaces --shifted --n 384 --out data/toyfaces-shifted
+	$(PY) scripts/classifier_robustness.py --data data/toyfaces-shifted --split all \
+	  > runs/figures/classifier-ood.md
 	$(PY) scripts/check_toy_model.py --data data/toyfaces --n 1000 --batch 250 --eta 1 \
 	  --render-judge --out src/hsae/assets/toy-ddpm
 	for a in Eyes_Closed Smiling; do $(PY) scripts/attribute_survival.py --data data/toyfaces \
@@ -70,11 +76,11 @@ figures-toy: $(STAMP)
 	$(PY) scripts/render_judge.py --validate 1000 --blur 0.7 \
 	  --json runs/figures/render-judge-blur.json
 	$(VENV)/bin/hsae demo --out runs/demo
+	$(PY) benchmarks/bench_extract.py --n 32 --batch 16 --steps 50 --repeats 3 \
+	  --json runs/figures/bench-extract.json
 
 figures-sae: table2
 	mkdir -p runs/figures
-	$(PY) scripts/classifier_robustness.py --data data/toyfaces-shifted --split all \
-	  > runs/figures/classifier-ood.md
 	test -d $(BENCH) || $(VENV)/bin/hsae data toyfaces --n 1000 --seed 7 --out $(BENCH)
 	$(VENV)/bin/hsae extract --data $(BENCH) --out $(K1)/acts
 	$(VENV)/bin/hsae probe --store $(K1)/acts --sae runs/table2/sae/ca-l1-0.1 \
@@ -82,8 +88,6 @@ figures-sae: table2
 	$(VENV)/bin/hsae editbench --store $(K1)/acts --sae runs/table2/sae/ca-l1-0.1 --data $(BENCH) \
 	  --attributes Eyeglasses Wearing_Hat Blond_Hair Smiling --n-images 40 --n-val 12 \
 	  --kappas 0 5 25 100 400 --scales 1 2 4 --edit-steps all --out $(K1)/editbench
-	$(PY) benchmarks/bench_extract.py --n 32 --batch 16 --steps 50 --repeats 3 \
-	  --json runs/figures/bench-extract.json
 
 # The embedded toy model and classifier: the exact commands that produced the committed weights.
 retrain-toy: $(STAMP)
