@@ -50,7 +50,7 @@ table2: $(STAMP)
 # change of the toy model or data (~3 h on 2 cores). Each command is the one the README names;
 # stores made with other weights are refused with a message naming them (delete and re-run), and
 # Table 2 resumes where it stopped. Outputs: runs/figures/ and the folders the README names.
-# figures-toy (~45 min): the model, classifier, round trip, extraction benchmark and demo;
+# figures-toy (~35 min idle): the model, classifier, round trip, extraction benchmark and demo;
 # figures-sae (~2 h): Table 2, the larger probes and edit benchmark.
 BENCH := data/toyfaces-bench
 K1 := runs/editbench-1k
