@@ -41,10 +41,14 @@ test: lint chromium
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py
 
+# The shifted-nuisance faces: made by figures-toy (classifier OOD) or table2, whichever runs first.
+SHIFTED := data/toyfaces-shifted
+N_OOD := 384
+
 # Paper Table 2 on the toy model (README "Reconstruction"): ~1 h on 2 cores, resumable.
 table2: $(STAMP)
 	test -d data/toyfaces || $(VENV)/bin/hsae data toyfaces --n 20000 --out data/toyfaces
-	$(PY) scripts/table2.py --data data/toyfaces --ood-data data/toyfaces-shifted --out runs/table2
+	$(PY) scripts/table2.py --data data/toyfaces --ood-data $(SHIFTED) --n-ood $(N_OOD) --out runs/table2
 
 # Every model-dependent figure of the README "Measured on the toy model", in README order, after a
 # change of the toy model or data (~3 h on 2 cores). Each command is the one the README names;
@@ -63,9 +67,8 @@ figures-toy: $(STAMP)
 	  --split test --json runs/figures/roundtrip.json
 	$(PY) scripts/classifier_robustness.py --data data/toyfaces --n 2000 \
 	  > runs/figures/classifier-robustness.md
-	test -d data/toyfaces-shifted || \
-	  $(VENV)/bin/hsae data toyfaces --shifted --n 384 --out data/toyfaces-shifted
-	$(PY) scripts/classifier_robustness.py --data data/toyfaces-shifted --split all \
+	test -d $(SHIFTED) || $(VENV)/bin/hsae data toyfaces --shifted --n $(N_OOD) --out $(SHIFTED)
+	$(PY) scripts/classifier_robustness.py --data $(SHIFTED) --split all \
 	  > runs/figures/classifier-ood.md
 	$(PY) scripts/check_toy_model.py --data data/toyfaces --n 1000 --batch 250 --eta 1 \
 	  --render-judge --out src/hsae/assets/toy-ddpm

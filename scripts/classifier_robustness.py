@@ -18,6 +18,7 @@ import torch
 
 from hsae.augment import gaussian_blur, pixel_noise
 from hsae.classifier import AttributeClassifier, load_default, load_labelled_split
+from hsae.data import SPLITS
 
 
 def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -30,18 +31,15 @@ def noised(images: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
     return pixel_noise(images.float(), std, g).round().clamp(0, 255).to(torch.uint8)
 
 
-SPLITS = {"train": 0, "val": 1, "test": 2, "all": None}
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("data/toyfaces"))
     p.add_argument("--n", type=int, default=2000, help="images of the split to use")
-    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--split", choices=[*SPLITS, "all"], default="test")
     p.add_argument("--classifier", type=Path, help="classifier folder (default: the committed one)")
     a = p.parse_args(argv)
     try:
-        images, labels = load_labelled_split(a.data, SPLITS[a.split])
+        images, labels = load_labelled_split(a.data, SPLITS.get(a.split))  # "all": None
     except (FileNotFoundError, ValueError) as e:  # a missing folder or an empty split
         raise SystemExit(f"--data {a.data} --split {a.split}: {e}") from None
     images, labels = images[: a.n], labels[: a.n]

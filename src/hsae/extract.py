@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from hsae.backbone import DiffusionBackbone
 from hsae.invert import capture_h, ddim_grid, invert
-from hsae.store import ActivationStore, ActivationStoreWriter
+from hsae.store import SPLIT_CODES, ActivationStore, ActivationStoreWriter
 
 HOOK_POINT = "unet.mid_block"
 
@@ -165,12 +165,9 @@ def summary(store: ActivationStore) -> str:
         f"  size on disk    {_human_bytes(store.nbytes_on_disk())}",
     ]
     if store.splits is not None and any(s is not None for s in store.splits):
-        counts = {name: int(np.sum(np.array(store.splits) == c)) for name, c in _SPLITS}
+        counts = {name: int(np.sum(np.array(store.splits) == c)) for name, c in SPLIT_CODES.items()}
         lines.append("  splits          " + "  ".join(f"{k} {v}" for k, v in counts.items()))
     return "\n".join(lines)
-
-
-_SPLITS = (("train", 0), ("val", 1), ("test", 2))
 
 
 def extract_command(args: argparse.Namespace) -> int:
