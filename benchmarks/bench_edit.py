@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 
-from hsae.backbone import DiffusionBackbone
-from hsae.edit import edit_batch, top_components
-from hsae.intervene import Component
-from hsae.inversion_cache import InversionCache, invert_cached
-from hsae.invert import invert, resume
+from hsae.diffusion.backbone import DiffusionBackbone
+from hsae.diffusion.inversion_cache import InversionCache, invert_cached
+from hsae.diffusion.invert import invert, resume
+from hsae.editing.edit import edit_batch, top_components
+from hsae.editing.intervene import Component
 from hsae.sae import build_sae, load_sae, make_config
 from hsae.sae.base import BaseSAE
 
@@ -42,8 +42,8 @@ VARIANTS = ("sweep (cached)", "sweep (cold)", "independent", "floor")
 
 def toy_images(n: int, folder: Path) -> torch.Tensor:
     """n generated toyfaces in [-1, 1] (written to a temporary folder)."""
-    from hsae.data import ImageDataset
-    from hsae.toyfaces import write_dataset
+    from hsae.data.images import ImageDataset
+    from hsae.toy.toyfaces import write_dataset
 
     ds = ImageDataset(write_dataset(folder, n, seed=7, progress=False), 32)
     return torch.stack([ds[i][0] for i in range(n)])
@@ -180,7 +180,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hsae.io_utils import atomic_write_json
+    from hsae.utils.io import atomic_write_json
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)

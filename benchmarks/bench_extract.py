@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_extract.py --n 64 --batch 32 --steps 50 --repeats 3
 
-"extract" is `hsae.extract.extract()` end to end (PNG decoding, inversion, the mid-block hook,
+"extract" is `hsae.data.extract.extract()` end to end (PNG decoding, inversion, the mid-block hook,
 float16 conversion, checksummed atomic shard writes, manifest). "bare" is the same number of
 `unet(z, t)` calls at the same batch sizes and timesteps under torch.no_grad, with no hook, no
 image loading and no store. Repeats are interleaved (alternating order) after a warm-up; min and
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from hsae.backbone import DiffusionBackbone, toy_model_path
-from hsae.data import ImageDataset
-from hsae.extract import extract
-from hsae.invert import ddim_grid
-from hsae.store import num_shards, shard_bounds
-from hsae.toyfaces import write_dataset
+from hsae.data.extract import extract
+from hsae.data.images import ImageDataset
+from hsae.data.store import num_shards, shard_bounds
+from hsae.diffusion.backbone import DiffusionBackbone, toy_model_path
+from hsae.diffusion.invert import ddim_grid
+from hsae.toy.toyfaces import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOCKS = ("wall", "cpu")

@@ -14,7 +14,8 @@ Contenders, each a full training step (forward, loss, backward, Adam step) on 81
 
 - ``hsae loss``: the project's code path, ``ChannelAwareSAE.loss(h, image_index)`` on h of shape
   (8192 / C, C, 8, 8), then backward and ``torch.optim.Adam.step``.
-- ``hsae trainer``: ``hsae.train._train_step`` with the trainer's optimizer (fused Adam): the
+- ``hsae trainer``: ``hsae.training.loop._train_step`` with the trainer's optimizer (fused
+  Adam): the
   above plus what a real run adds per step (lr and λ schedule, finite checks, unit-norm decoder
   projection, dead-latent bookkeeping).
 - ``plain torch``: a hand-written loop of the same math, x (8192, 66) -> relu(x W_e + b_e) W_d
@@ -83,8 +84,8 @@ def hsae_loss_step(c: int, k: int, n_img: int, latents: int, l1: float, lr: floa
 
 
 def hsae_trainer_step(c: int, k: int, n_img: int, latents: int, l1: float, lr: float) -> Step:
-    """hsae.train._train_step: what one step of `hsae train` costs, minus data loading."""
-    from hsae.train import (
+    """hsae.training.loop._train_step: what one step of `hsae train` costs, minus data loading."""
+    from hsae.training.loop import (
         DeadLatents,
         TrainConfig,
         TrainerState,

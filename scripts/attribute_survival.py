@@ -1,4 +1,4 @@
-"""Find the noise level at which a diffusion model loses an attribute (hsae.survival).
+"""Find the noise level at which a diffusion model loses an attribute (hsae.toy.survival).
 
     python scripts/attribute_survival.py --data data/toyfaces --attribute Eyes_Closed --n 200 \\
         --t 0.1 0.3 0.5 0.7 1.0 --json runs/survival/eyes.json
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from hsae.backbone import DiffusionBackbone
-from hsae.classifier import AttributeClassifier, load_default, load_labelled_split
-from hsae.data import attribute_frequencies
-from hsae.invert import SPACINGS
-from hsae.io_utils import atomic_write_json
-from hsae.survival import SurvivalRow, attribute_survival, balanced_subset
+from hsae.data.images import attribute_frequencies
+from hsae.diffusion.backbone import DiffusionBackbone
+from hsae.diffusion.invert import SPACINGS
+from hsae.toy.classifier import AttributeClassifier, load_default, load_labelled_split
+from hsae.toy.survival import SurvivalRow, attribute_survival, balanced_subset
+from hsae.utils.io import atomic_write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

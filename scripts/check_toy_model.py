@@ -4,7 +4,7 @@
     python scripts/check_toy_model.py --data data/toyfaces --n 1000 --out src/hsae/assets/toy-ddpm
 
 Writes samples.png (the first 64 samples) and sample_check.json into --out. `--render-judge`
-adds a second, classifier-free verdict (hsae.render_judge: re-rendering each sample's attribute
+adds a second, classifier-free verdict (hsae.toy.render_judge: re-rendering each sample's attribute
 combinations with nuisance borrowed from its nearest toyfaces renders). `--save-samples FILE`
 keeps the samples (uint8) so `--samples FILE` can judge them again without sampling.
 """
@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from hsae.backbone import DiffusionBackbone
-from hsae.classifier import AttributeClassifier, load_default
-from hsae.data import attribute_frequencies
-from hsae.demo import ddim_samples, save_grid, to_uint8
-from hsae.io_utils import atomic_write_bytes, atomic_write_json
+from hsae.data.images import attribute_frequencies
+from hsae.diffusion.backbone import DiffusionBackbone
+from hsae.diffusion.sampling import ddim_samples
+from hsae.toy.classifier import AttributeClassifier, load_default
+from hsae.utils.io import atomic_write_bytes, atomic_write_json
+from hsae.utils.viz import save_grid, to_uint8
 
 
 def sample(backbone: DiffusionBackbone, a: argparse.Namespace) -> torch.Tensor:
@@ -45,8 +46,8 @@ def load_samples(path: Path) -> torch.Tensor:
 
 
 def render_judge_freq(images: torch.Tensor, seed: int, k: int) -> dict[str, float]:
-    from hsae.render_judge import DEFAULT_BANK, as_judge_input, judge, render_bank
-    from hsae.toyfaces import ATTRIBUTES
+    from hsae.toy.render_judge import DEFAULT_BANK, as_judge_input, judge, render_bank
+    from hsae.toy.toyfaces import ATTRIBUTES
 
     pred = judge(as_judge_input(images), render_bank(seed, DEFAULT_BANK), seed, k)
     return dict(zip(ATTRIBUTES, pred.mean(0).tolist(), strict=True))

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from hsae.augment import gaussian_blur, pixel_noise
-from hsae.classifier import AttributeClassifier, load_default, load_labelled_split
-from hsae.data import SPLITS
+from hsae.data.images import SPLITS
+from hsae.toy.augment import gaussian_blur, pixel_noise
+from hsae.toy.classifier import AttributeClassifier, load_default, load_labelled_split
 
 
 def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Judge toyfaces attributes by re-rendering them (hsae.render_judge): no classifier involved.
+"""Judge toyfaces attributes by re-rendering them (hsae.toy.render_judge): no classifier involved.
 
     python scripts/render_judge.py --validate 1000 [--blur 0.7]  # accuracy on held-out renders
     python scripts/render_judge.py --images samples.pt        # attribute frequencies of images
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hsae.augment import gaussian_blur
-from hsae.io_utils import atomic_write_json
-from hsae.render_judge import DEFAULT_BANK, as_judge_input, judge, render, render_bank
-from hsae.toyfaces import ATTRIBUTES, generate
+from hsae.toy.augment import gaussian_blur
+from hsae.toy.render_judge import DEFAULT_BANK, as_judge_input, judge, render, render_bank
+from hsae.toy.toyfaces import ATTRIBUTES, generate
+from hsae.utils.io import atomic_write_json
 
 
 def load_images(path: Path) -> np.ndarray:

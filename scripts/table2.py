@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from hsae.backbone import DiffusionBackbone
-from hsae.extract import check_store_model
-from hsae.io_utils import atomic_write_text, read_json
+from hsae.data.extract import check_store_model
+from hsae.diffusion.backbone import DiffusionBackbone
+from hsae.utils.io import atomic_write_text, read_json
 
 # name -> `hsae train` flags (on top of --store/--out/--steps)
 SWEEP: dict[str, list[str]] = {
@@ -86,8 +86,8 @@ def train_sweep(a: argparse.Namespace, acts: Path) -> list[Path]:
 
 def fit_baselines(a: argparse.Namespace, acts: Path) -> list[Path]:
     """PCA-L and random, fitted/drawn once and saved, so the OOD eval uses the same models."""
+    from hsae.data.store import ActivationStore
     from hsae.sae import PCABaseline, build_sae, make_config
-    from hsae.store import ActivationStore
 
     store = ActivationStore(acts)
     _, c, k, _ = store.shape

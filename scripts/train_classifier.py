@@ -27,15 +27,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hsae.augment import degrade, gaussian_blur
-from hsae.classifier import (
+from hsae.toy.augment import degrade, gaussian_blur
+from hsae.toy.classifier import (
     AttributeClassifier,
     ClassifierConfig,
     evaluate,
     load_labelled_split,
     to_model_input,
 )
-from hsae.io_utils import atomic_write_json, atomic_write_text
+from hsae.utils.io import atomic_write_json, atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

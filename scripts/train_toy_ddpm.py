@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from hsae.classifier import load_labelled_split
-from hsae.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from hsae.toy.classifier import load_labelled_split
+from hsae.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 UNET_CONFIG = dict(
     sample_size=32,

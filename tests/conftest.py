@@ -138,7 +138,7 @@ def sd_parts(clip_tokenizer) -> dict:
 
 @pytest.fixture(scope="session")
 def sd_backbone(sd_parts):
-    from hsae.backbone import DiffusionBackbone
+    from hsae.diffusion.backbone import DiffusionBackbone
 
     return DiffusionBackbone(**sd_parts, model_id="tiny-sd")
 
@@ -192,7 +192,7 @@ def ddpm_config(prediction_type: str = "epsilon", **kw) -> dict:
 @pytest.fixture(scope="session")
 def make_pixel_backbone(pixel_unet) -> Callable:
     """make_pixel_backbone(prediction_type="epsilon", **scheduler_kw) → DiffusionBackbone."""
-    from hsae.backbone import DiffusionBackbone
+    from hsae.diffusion.backbone import DiffusionBackbone
 
     def make(prediction_type: str = "epsilon", **kw):
         return DiffusionBackbone(
@@ -260,7 +260,7 @@ def make_oracle_backbone() -> Callable:
     """make_oracle_backbone(prediction_type, std=0.0, scheduler=SD_SCHEDULER, shape=(2, 4, 4))."""
     from diffusers import DDIMScheduler
 
-    from hsae.backbone import DiffusionBackbone
+    from hsae.diffusion.backbone import DiffusionBackbone
 
     def make(
         prediction_type: str = "epsilon",

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hsae.augment import degrade, gaussian_blur, pixel_noise
-from hsae.counterfactual import gaussian_window
+from hsae.editing.counterfactual import gaussian_window
+from hsae.toy.augment import degrade, gaussian_blur, pixel_noise
 
 
 def _images(b: int = 4, seed: int = 0) -> torch.Tensor:

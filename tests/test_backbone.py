@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from hsae.backbone import DiffusionBackbone
+from hsae.diffusion.backbone import DiffusionBackbone
 
 
 # ----- geometry and data path ------------------------------------------------------------------
@@ -36,7 +36,7 @@ def test_pixel_geometry(make_pixel_backbone):
 def test_weights_fingerprint_tells_retrained_models_apart(pixel_unet, make_pixel_backbone):
     import copy
 
-    from hsae.backbone import DiffusionBackbone
+    from hsae.diffusion.backbone import DiffusionBackbone
 
     config = dict(make_pixel_backbone().scheduler.config)
 
@@ -197,7 +197,7 @@ def test_load_unsupported_unet_class(tmp_path):
 
 
 def test_resolve_device_accepts_cpu_and_explains_the_rest() -> None:
-    from hsae.backbone import resolve_device
+    from hsae.diffusion.backbone import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match=r"--device 'gpu0': expected a torch device"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hsae.classifier import (
+from hsae.toy.classifier import (
     CONFIG_NAME,
     DEFAULT_DIR,
     WEIGHTS_NAME,
@@ -18,7 +18,7 @@ from hsae.classifier import (
     load_default,
     pil_to_tensor,
 )
-from hsae.toyfaces import ATTRIBUTES, generate
+from hsae.toy.toyfaces import ATTRIBUTES, generate
 
 HELD_OUT_SEED = 12345  # the training data uses seed 0
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hsae.classifier import AttributeClassifier, ClassifierConfig, load_labelled_split
-from hsae.toyfaces import write_dataset
+from hsae.toy.classifier import AttributeClassifier, ClassifierConfig, load_labelled_split
+from hsae.toy.toyfaces import write_dataset
 
 
 def test_reports_every_attribute_on_all_images(tmp_path: Path, load_script, capsys) -> None:

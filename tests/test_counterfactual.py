@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-import hsae.counterfactual as cfm
+import hsae.editing.counterfactual as cfm
 from hsae import cli
-from hsae.counterfactual import (
+from hsae.diffusion.invert import invert, resume
+from hsae.editing.counterfactual import (
     direction_counterfactual,
     image_metrics,
     sae_counterfactual,
     ssim,
     text_counterfactual,
 )
-from hsae.edit import top_components
-from hsae.invert import invert, resume
+from hsae.editing.edit import top_components
 from hsae.sae import build_sae, make_config
 
 T, STEPS = 0.5, 4
@@ -134,10 +134,10 @@ main = cli.main
 
 @pytest.fixture(scope="module")
 def cli_case(tmp_path_factory, make_pixel_backbone, pixel_pipeline_dir):
-    from hsae.data import ImageDataset
-    from hsae.extract import extract
-    from hsae.store import ActivationStore
-    from hsae.toyfaces import write_dataset
+    from hsae.data.extract import extract
+    from hsae.data.images import ImageDataset
+    from hsae.data.store import ActivationStore
+    from hsae.toy.toyfaces import write_dataset
 
     root = tmp_path_factory.mktemp("cf-cli")
     data = write_dataset(root / "data", 16, seed=0, progress=False)

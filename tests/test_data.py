@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hsae.data import (
+from hsae.data.images import (
     BadImageError,
     ImageDataset,
     ImageRecord,
@@ -20,7 +20,7 @@ from hsae.data import (
     load_image,
     parse_celeba_attributes,
 )
-from hsae.toyfaces import ATTRIBUTES, generate, write_dataset
+from hsae.toy.toyfaces import ATTRIBUTES, generate, write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hsae.directions import direction_hook, mean_difference, project_out
+from hsae.editing.directions import direction_hook, mean_difference, project_out
 
 
 def _store(n: int = 200, seed: int = 0) -> SimpleNamespace:

@@ -10,12 +10,19 @@ import pytest
 import torch
 
 from hsae import cli
-from hsae.edit import edit_batch, parse_mask, top_components
-from hsae.evaluate import resolve_threshold_k, sae_edit
-from hsae.intervene import Component, intervene
-from hsae.inversion_cache import InversionCache, cache_key, cache_root, invert_cached, model_key
-from hsae.invert import invert, resume
+from hsae.analysis.reconstruction import sae_edit
+from hsae.diffusion.inversion_cache import (
+    InversionCache,
+    cache_key,
+    cache_root,
+    invert_cached,
+    model_key,
+)
+from hsae.diffusion.invert import invert, resume
+from hsae.editing.edit import edit_batch, parse_mask, top_components
+from hsae.editing.intervene import Component, intervene
 from hsae.sae import build_sae, make_config
+from hsae.sae.selection import resolve_threshold_k
 
 T, STEPS = 0.5, 4  # 3 resumed steps on the DDPM grid 0, 250, 500, 750
 
@@ -202,7 +209,7 @@ main = cli.main
 
 @pytest.fixture(scope="module")
 def cli_inputs(tmp_path_factory, pixel_pipeline_dir):
-    from hsae.demo import save_grid
+    from hsae.utils.viz import save_grid
 
     root = tmp_path_factory.mktemp("edit-cli")
     sae = tiny_sae()
@@ -283,7 +290,7 @@ def test_cli_edit_missing_image(cli_inputs, tmp_path, capsys):
 
 def test_toy_model_smoke(tmp_path):
     """The real toy model with a random SAE of its H-space shape: one image, 10 steps."""
-    from hsae.backbone import DiffusionBackbone, toy_model_path
+    from hsae.diffusion.backbone import DiffusionBackbone, toy_model_path
 
     if not (toy_model_path() / "model_index.json").is_file():
         pytest.skip("bundled toy model not present")
@@ -300,7 +307,7 @@ def test_toy_model_smoke(tmp_path):
 
 
 def test_parse_edit_steps():
-    from hsae.intervene import parse_edit_steps
+    from hsae.editing.intervene import parse_edit_steps
 
     assert parse_edit_steps("3") == 3 and parse_edit_steps("ALL") == "all"
     for bad in ("0", "-1", "some"):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from hsae import editbench as EB
 from hsae.cli import main
-from hsae.intervene import Component
+from hsae.data.store import ActivationStore, ActivationStoreWriter
+from hsae.editing import bench as EB
+from hsae.editing.intervene import Component
 from hsae.sae import build_sae, make_config
-from hsae.store import ActivationStore, ActivationStoreWriter
 
 C, S, L = 3, 4, 6  # h = the image itself: 3 channels of 4×4
 N, N_TRAIN, N_VAL = 60, 36, 12  # the last 12 rows are the test split
@@ -244,7 +244,7 @@ def test_pixel_change_inside_and_outside() -> None:
 
 
 def test_toyfaces_masks_follow_each_face(tmp_path: Path) -> None:
-    from hsae.toyfaces import ToyFacesConfig, attribute_region_mask, write_dataset
+    from hsae.toy.toyfaces import ToyFacesConfig, attribute_region_mask, write_dataset
 
     write_dataset(tmp_path / "faces", 3, seed=4, progress=False)
     ids = ["000001.png", "000003.png"]
@@ -273,7 +273,7 @@ def test_config_and_argument_errors() -> None:
 
 
 def test_random_component_fires_and_is_not_the_chosen_one(planted: dict) -> None:
-    from hsae.features import scan_codes
+    from hsae.analysis.features import scan_codes
 
     inputs = planted["inputs"]
     train = inputs.store.indices_for_split("train")
@@ -334,8 +334,8 @@ def test_editbench_refuses_images_that_are_not_the_stores(
 def test_error_preserving_kappa_one_is_the_unedited_resume(
     tiny_run: dict, pixel_pipeline_dir: Path
 ) -> None:
-    from hsae.backbone import DiffusionBackbone
-    from hsae.features import load_rows_images
+    from hsae.analysis.features import load_rows_images
+    from hsae.diffusion.backbone import DiffusionBackbone
     from hsae.sae import load_sae
 
     root = tiny_run["root"]

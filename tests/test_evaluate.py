@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from hsae import evaluate as E
+from hsae.analysis import reconstruction as E
 from hsae.cli import main
+from hsae.data.store import ActivationStore, ActivationStoreWriter
 from hsae.sae import FlatSAE, build_sae, make_config
-from hsae.store import ActivationStore, ActivationStoreWriter
+from hsae.sae import selection as S
+from hsae.utils.splits import split_rows
 
 C, K = 4, 3
 D = C * K * K
@@ -151,12 +153,12 @@ def test_shape_mismatch_and_missing_split(store, tmp_path: Path) -> None:
     wrong = build_sae(make_config("flat", 2, K, n_latents=4))
     wrong.save(tmp_path / "wrong")
     with pytest.raises(ValueError, match=r"\(2, 3, 3\).*\(4, 3, 3\)") as e:
-        E.load_checked(tmp_path / "wrong", store)
+        S.load_checked(tmp_path / "wrong", store)
     assert str(tmp_path / "wrong") in str(e.value) and str(store.path) in str(e.value)
     unsplit = write_store(tmp_path / "nosplit", synthetic_h(N))
     unsplit.manifest["splits"] = [0] * N  # in memory only: a store without test rows
     with pytest.raises(ValueError, match="no rows in split 'test'"):
-        E.split_rows(unsplit, "test")
+        split_rows(unsplit, "test")
 
 
 # ----- CLI ----------------------------------------------------------------------------------------
@@ -191,7 +193,7 @@ def test_cli_errors_are_one_line(store, tmp_path: Path, capsys) -> None:
     assert "--threshold-k" in capsys.readouterr().err
     assert main([*argv, "--random", "4", "--spliced", "2"]) == 2
     assert "--data" in capsys.readouterr().err
-    assert E.parse_threshold_k("none") is None and E.parse_threshold_k("3") == 3
+    assert S.parse_threshold_k("none") is None and S.parse_threshold_k("3") == 3
 
 
 # ----- spliced fidelity ---------------------------------------------------------------------------
@@ -245,7 +247,7 @@ def test_k_store_chooses_k_on_another_stores_train_split(store, tmp_path: Path) 
     with pytest.raises(ValueError, match="train"):
         E.evaluate_run(held_out, models, split="test", k_for_threshold="auto")
     rows = E.evaluate_run(held_out, models, split="test", k_for_threshold="auto", k_store=store)
-    k_direct, _ = E.choose_threshold_k(models["sae"], store, E.train_sample_rows(store))
+    k_direct, _ = S.choose_threshold_k(models["sae"], store, S.train_sample_rows(store))
     thr = next(r for r in rows if r["thresholded"])
     assert thr["threshold_k"] == k_direct and thr["n_images"] == 24
 
@@ -255,6 +257,6 @@ def test_threshold_k_above_the_latents_names_the_loaded_sae(tmp_path: Path) -> N
 
     build_sae(make_config("channel_aware", 4, 2, n_latents=8, n_train_images=2)).save(tmp_path)
     sae = load_sae(tmp_path)
-    assert E.resolve_threshold_k(sae, "8")[0] == 8
+    assert S.resolve_threshold_k(sae, "8")[0] == 8
     with pytest.raises(ValueError, match=rf"exceeds the 8 latents of the SAE at {tmp_path} "):
-        E.resolve_threshold_k(sae, "9")
+        S.resolve_threshold_k(sae, "9")

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from hsae.backbone import DiffusionBackbone
 from hsae.cli import main
-from hsae.data import ImageDataset
-from hsae.invert import capture_h, invert
-from hsae.io_utils import sha256_file
-from hsae.store import MANIFEST, ActivationStore
+from hsae.data.images import ImageDataset
+from hsae.data.store import MANIFEST, ActivationStore
+from hsae.diffusion.backbone import DiffusionBackbone
+from hsae.diffusion.invert import capture_h, invert
+from hsae.utils.io import sha256_file
 
 N_IMAGES = 40
 # Small shards and batches: the kill test needs several shards to interrupt between.
@@ -94,7 +94,7 @@ def test_extract_cli_summary_and_shape(
 
 
 def test_store_from_other_weights_is_refused(tiny: dict[str, Path], reference: Path) -> None:
-    from hsae.extract import check_store_model
+    from hsae.data.extract import check_store_model
 
     backbone = DiffusionBackbone.load(str(tiny["model"]))
     check_store_model(reference, backbone)  # the weights it was made with: accepted

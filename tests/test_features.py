@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from hsae import features as F
+from hsae.analysis import features as F
 from hsae.cli import main
-from hsae.evaluate import resolve_threshold_k
-from hsae.intervene import encode_tokens
+from hsae.data.store import ActivationStore, ActivationStoreWriter
+from hsae.editing.intervene import encode_tokens
 from hsae.sae import build_sae, make_config
-from hsae.store import ActivationStore, ActivationStoreWriter
+from hsae.sae.selection import resolve_threshold_k
 
 C, K, L = 4, 3, 6
 N, N_TRAIN, N_VAL = 120, 80, 10  # the remaining 30 rows are the test split

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hsae.hspace import HSpaceRecorder, hspace_hook, mid_block_of
+from hsae.diffusion.hspace import HSpaceRecorder, hspace_hook, mid_block_of
 
 # (fixture name, U-Net input shape, expected h shape per sample)
 UNETS = {

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from hsae import cli
-from hsae.evaluate import sae_edit
-from hsae.interpolate import interpolate_pair, interpolate_z, slerp
-from hsae.invert import invert, resume
+from hsae.analysis.reconstruction import sae_edit
+from hsae.diffusion.invert import invert, resume
+from hsae.editing.interpolate import interpolate_pair, interpolate_z, slerp
 from hsae.sae import build_sae, make_config
 
 T, STEPS = 0.5, 4
@@ -80,7 +80,7 @@ main = cli.main
 
 
 def test_cli_interpolate(tmp_path, pixel_pipeline_dir):
-    from hsae.demo import save_grid
+    from hsae.utils.viz import save_grid
 
     tiny_sae().save(tmp_path / "sae")
     x = rand_images(2, seed=5)

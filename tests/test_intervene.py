@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hsae.intervene import (
+from hsae.editing.intervene import (
     Component,
     intervene,
     neurons_changed,
@@ -81,13 +81,13 @@ def test_threshold_k_applies_before_the_edit() -> None:
     sae = _sae()
     h = torch.randn(2, 6, 4, 4)
     plain = intervene(sae, h, [Component(0, 0)], 1.0, threshold_k=2)
-    from hsae.evaluate import encode_decode
+    from hsae.analysis.reconstruction import encode_decode
 
     torch.testing.assert_close(plain, encode_decode(sae, h, threshold_k=2)[0])
 
 
 def test_edit_step_count_all_numbers_and_range() -> None:
-    from hsae.intervene import edit_step_count
+    from hsae.editing.intervene import edit_step_count
 
     assert edit_step_count("all", 34) == 35
     assert edit_step_count(1, 34) == 1 and edit_step_count(35, 34) == 35

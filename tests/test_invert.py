@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import SD_SCHEDULER
 
-from hsae.invert import Inversion, capture_h, ddim_grid, invert, resume
+from hsae.diffusion.invert import Inversion, capture_h, ddim_grid, invert, resume
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from hsae import probe as P
+from hsae.analysis import probe as P
 from hsae.cli import main
+from hsae.data.store import ActivationStore, ActivationStoreWriter
 from hsae.sae import build_sae, load_sae, make_config
 from hsae.sae.threshold import codes_as_tokens, threshold_codes
-from hsae.store import ActivationStore, ActivationStoreWriter
 
 C, K, L = 8, 3, 16
 N_TRAIN, N_VAL, N_TEST = 240, 20, 100

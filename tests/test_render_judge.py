@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hsae.render_judge import as_judge_input, judge, render, render_bank
-from hsae.toyfaces import ATTRIBUTES, generate
+from hsae.toy.render_judge import as_judge_input, judge, render, render_bank
+from hsae.toy.toyfaces import ATTRIBUTES, generate
 
 
 @pytest.fixture(scope="module")

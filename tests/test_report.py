@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hsae import report as R
 from hsae.cli import main
+from hsae.data.store import ActivationStoreWriter
+from hsae.report import build as R
 from hsae.sae import build_sae, make_config
-from hsae.store import ActivationStoreWriter
 
 C, K, N = 4, 3, 40
 SPLITS = [0] * 28 + [1] * 4 + [2] * 8
@@ -169,9 +169,9 @@ def test_training_curves_are_plotted_from_the_log(built: dict, run_dir: Path) ->
 
 
 def test_sparsity_matches_a_direct_computation(run_dir: Path) -> None:
+    from hsae.data.store import ActivationStore
     from hsae.sae import load_sae
     from hsae.sae.threshold import codes_as_tokens, threshold_codes
-    from hsae.store import ActivationStore
 
     stats = R.code_sparsity(run_dir / "acts", run_dir / "sae", max_images=16, threshold_k=3)
     store = ActivationStore(run_dir / "acts")

@@ -1,4 +1,4 @@
-"""hsae.survival: the kept / gained / implied-frequency bookkeeping and the noise-denoise loop."""
+"""hsae.toy.survival: kept / gained / implied-frequency bookkeeping and the noise-denoise loop."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hsae.classifier import AttributeClassifier, ClassifierConfig
-from hsae.survival import _rows, attribute_survival, balanced_subset
-from hsae.toyfaces import write_dataset
+from hsae.toy.classifier import AttributeClassifier, ClassifierConfig
+from hsae.toy.survival import _rows, attribute_survival, balanced_subset
+from hsae.toy.toyfaces import write_dataset
 
 
 def test_rows_count_reads_within_present_and_absent_images() -> None:

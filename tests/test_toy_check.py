@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from hsae.backbone import TOY_MODEL_DIR, DiffusionBackbone
+from hsae.diffusion.backbone import TOY_MODEL_DIR, DiffusionBackbone
 
 RECHECK = (
     "re-run `python scripts/check_toy_model.py --data data/toyfaces --n 1000 --batch 250 "

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hsae.data import ImageDataset, parse_celeba_attributes
-from hsae.toyfaces import (
+from hsae.data.images import ImageDataset, parse_celeba_attributes
+from hsae.toy.toyfaces import (
     ATTRIBUTES,
     DEFAULT_PROBS,
     GENERATOR_VERSION,

@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from hsae import train as T
+from hsae import training as T
+from hsae.cli import train as CT
+from hsae.data.store import ActivationStore, ActivationStoreWriter
 from hsae.sae import build_sae, load_sae, make_config
-from hsae.store import ActivationStore, ActivationStoreWriter
-from hsae.train import TrainConfig, TrainingDivergedError, train
+from hsae.training import TrainConfig, TrainingDivergedError, train
+from hsae.training import checkpoint as CK
+from hsae.training import loop as LP
+from hsae.utils.splits import split_rows
 
 C, K, N, N_TEST = 8, 4, 48, 8  # 40 training images × 8 channel tokens of 16 dims
 META = {"model": {"model_id": "synthetic"}, "timestep": 700, "hook": "unet.mid_block"}
@@ -34,7 +38,7 @@ def one_thread():
 def no_plot(request, monkeypatch):
     # Drawing the PNG dominates a tiny run on a busy machine; one test asks for the real one.
     if "real_plot" not in request.fixturenames:
-        monkeypatch.setattr(T, "plot_curves", lambda history, path: Path(path).write_bytes(b""))
+        monkeypatch.setattr(LP, "plot_curves", lambda history, path: Path(path).write_bytes(b""))
 
 
 @pytest.fixture
@@ -99,7 +103,7 @@ def read_log(out: Path) -> list[dict]:
 
 # ----- data order ---------------------------------------------------------------------------------
 def test_batches_are_a_pure_function_of_seed_and_position(store) -> None:
-    idx = T.split_indices(store, "train")
+    idx = split_rows(store, "train")
     assert np.array_equal(idx, np.arange(N - N_TEST))
     a = T.StoreBatches(store, idx, 8, seed=3)
     seen = [next(a)[1] for _ in range(5)]  # one epoch of 40 images
@@ -124,7 +128,7 @@ def test_image_index_is_the_rank_within_the_split(store) -> None:
     unsplit = PoisonedStore(store, row=-1)
     for splits in (None, [None] * N):  # no partition recorded: every row is a training row
         unsplit.splits = splits
-        assert np.array_equal(T.split_indices(unsplit, "train"), np.arange(N))
+        assert np.array_equal(split_rows(unsplit, "train"), np.arange(N))
 
 
 # ----- learning -----------------------------------------------------------------------------------
@@ -213,7 +217,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(store, straight, tmp_pat
 def test_failed_swap_or_kill_between_renames_recovers(store, tmp_path, monkeypatch) -> None:
     train(new_sae(), store, tcfg(steps=12), tmp_path, progress=False)
     before = (tmp_path / T.CHECKPOINT / T.STATE_FILE).read_bytes()
-    real, calls = T._replace, []
+    real, calls = CK._replace, []
 
     def failing_replace(src, dst):  # old checkpoint moved aside, new one fails to move in
         calls.append((src, dst))
@@ -221,10 +225,10 @@ def test_failed_swap_or_kill_between_renames_recovers(store, tmp_path, monkeypat
             raise OSError("disk full")
         real(src, dst)
 
-    monkeypatch.setattr(T, "_replace", failing_replace)
+    monkeypatch.setattr(CK, "_replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         train(new_sae(), store, tcfg(steps=24), tmp_path, resume=True, progress=False)
-    monkeypatch.setattr(T, "_replace", real)
+    monkeypatch.setattr(CK, "_replace", real)
     assert (tmp_path / T.CHECKPOINT / T.STATE_FILE).read_bytes() == before
     # A hard kill between the two renames leaves only the moved-aside copy: it is restored.
     (tmp_path / T.CHECKPOINT).rename(tmp_path / f".{T.CHECKPOINT}.old")
@@ -332,24 +336,24 @@ def test_loss_curves_png(tmp_path: Path, real_plot) -> None:
 # ----- CLI ----------------------------------------------------------------------------------------
 def parse(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    T.add_train_arguments(p)
+    CT.add_train_arguments(p)
     return p.parse_args(list(argv))
 
 
 def test_train_command_runs_and_resumes(store, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     common = ["--store", str(store.path), "--out", str(out), "--quiet", "--latents", "16"]
-    assert T.train_command(parse(*common, "--steps", "6", "--batch", "4", "--l1", "0.01")) == 0
+    assert CT.train_command(parse(*common, "--steps", "6", "--batch", "4", "--l1", "0.01")) == 0
     assert "6 steps" in capsys.readouterr().out
     cfg = load_sae(out).cfg
     assert (cfg.architecture, cfg.n_latents, cfg.l1_coeff, cfg.context) == (
         "channel_aware", 16, 0.01, "channel+image")  # fmt: skip
-    assert T.train_command(parse(*common, "--steps", "9", "--resume")) == 0
+    assert CT.train_command(parse(*common, "--steps", "9", "--resume")) == 0
     state = T.read_trainer_state(out / T.CHECKPOINT)
     assert state["trainer"]["step"] == 9 and state["train_config"]["batch_images"] == 4
     with pytest.raises(ValueError, match=r"--lr 0\.5"):
-        T.train_command(parse(*common, "--steps", "12", "--resume", "--lr", "0.5"))
+        CT.train_command(parse(*common, "--steps", "12", "--resume", "--lr", "0.5"))
     with pytest.raises(ValueError, match="--k"):
-        T.train_command(parse("--store", str(store.path), "--out", str(tmp_path / "x"),
+        CT.train_command(parse("--store", str(store.path), "--out", str(tmp_path / "x"),
                               "--architecture", "topk_channel"))  # fmt: skip
     shutil.rmtree(out)

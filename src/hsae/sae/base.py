@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from hsae.io_utils import atomic_write_bytes, atomic_write_json, read_json
 from hsae.sae.config import CONTEXTS, SAEConfig
+from hsae.utils.io import atomic_write_bytes, atomic_write_json, read_json
 
 __all__ = ["CFG_FILE", "CONTEXTS", "WEIGHTS_FILE", "BaseSAE", "SAEConfig", "read_config"]
 

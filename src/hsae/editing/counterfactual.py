@@ -1,0 +1,352 @@
+"""`hsae counterfactual`: counterfactual consistency of SAE edits (paper §4.6.1).
+
+An edit is localised if it can be undone. For each image x:
+
+1. invert x (cached) and resume twice in one batch: unedited (x_rec, the plain invert → resume
+   reconstruction) and with the component(s) scaled by κ (x_edit);
+2. invert x_edit again, compute the SAE codes of *its* h_t and scale the same component(s) by 1/κ
+   (the paper: "compute the SAE representation of the modified image and divide component k by
+   κ"), resume: x_back.
+
+Reported per method, as means over the images (per image in the JSON): the edit's size
+MSE(x_edit, x_rec) (a method that edits nothing restores trivially, so read the rest against
+it), and MSE / PSNR / SSIM of x_back against the input x and against x_rec. The floor is x_rec
+against x (inversion error), also reported.
+
+Baselines: `--attribute A` adds the supervised raw-H-space edit of the unconditional toy: the
+mean-difference direction d of A (`hsae.editing.directions.mean_difference` on the store's train
+split)
+applied as h + s·d, then removed as h − s·d after re-inversion (`--baseline-scale s`, default 1:
+the average image without A moved onto the average with it). For conditional models
+`--edit-prompt P` adds the paper's text-based baseline: resume with P instead of --prompt, then
+invert the result with P and resume with --prompt.
+
+SSIM is the usual Gaussian-window SSIM (Wang et al. 2004: 11×11, σ = 1.5, K1 = 0.01, K2 = 0.03,
+valid windows only) per RGB channel, averaged, with data range 2 for images in [-1, 1]; the window
+shrinks to the image side for images smaller than 11 pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from hsae.diffusion.backbone import DiffusionBackbone
+from hsae.diffusion.invert import Inversion, invert, resume
+from hsae.editing.edit import (
+    EditSetup,
+    add_setup_arguments,
+    edit_batch,
+    load_images,
+    load_setup,
+    parse_mask,
+    resume_variants,
+    warn_timestep,
+)
+from hsae.editing.intervene import Component, parse_component
+from hsae.sae.base import BaseSAE
+from hsae.utils.metrics import psnr
+
+
+# ----- metrics ----------------------------------------------------------------------------------
+def gaussian_window(size: int, sigma: float) -> Tensor:
+    """(size, size) float64 Gaussian summing to 1, centred."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(
+    a: Tensor, b: Tensor, data_range: float = 2.0, window: int = 11, sigma: float = 1.5
+) -> Tensor:
+    """SSIM per image of two (B, C, H, W) batches (see the module docstring), shape (B,)."""
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"ssim needs two (B, C, H, W) batches, got {a.shape} and {b.shape}")
+    size = min(window, a.shape[-1], a.shape[-2])
+    size -= 1 - size % 2  # odd, so the window has a centre
+    c = a.shape[1]
+    w = gaussian_window(size, sigma).expand(c, 1, size, size).contiguous()
+    a, b = a.double(), b.double()
+
+    def blur(x: Tensor) -> Tensor:
+        return F.conv2d(x, w, groups=c)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    return (num / den).flatten(1).mean(dim=1).float()
+
+
+def image_metrics(x: Tensor, y: Tensor) -> dict[str, list[float]]:
+    """Per-image MSE, PSNR (dB, range 2) and SSIM of x against y, both (B, 3, H, W) in [-1, 1]."""
+    mse = (x.float() - y.float()).pow(2).flatten(1).mean(dim=1)
+    return {
+        "mse": [float(v) for v in mse],
+        "psnr_db": [psnr(float(v)) for v in mse],
+        "ssim": [float(v) for v in ssim(x, y)],
+    }
+
+
+# ----- the experiment ---------------------------------------------------------------------------
+@dataclass
+class Counterfactual:
+    """One method's images for a batch: edited, then restored after re-inversion."""
+
+    edited: Tensor  # (B, 3, H, W)
+    restored: Tensor  # (B, 3, H, W)
+
+
+def _reinvert(backbone: DiffusionBackbone, x: Tensor, inv: Inversion, prompt: str) -> Inversion:
+    """Invert an edited image on the same grid and to the same timestep as the original."""
+    steps = len(inv.grid.timesteps)
+    t = inv.timestep / inv.grid.num_train_timesteps
+    out = invert(backbone, backbone.encode(x), t, steps, prompt)
+    if out.t_index != inv.t_index:  # index_for is a nearest-timestep search: it must agree
+        raise RuntimeError(f"re-inversion reached index {out.t_index}, not {inv.t_index}")
+    return out
+
+
+@torch.no_grad()
+def sae_counterfactual(
+    backbone: DiffusionBackbone,
+    sae: BaseSAE,
+    inv: Inversion,
+    components: Sequence[Component],
+    kappa: float,
+    mode: str = "reconstruction",
+    threshold_k: int | None = None,
+    mask: Tensor | None = None,
+    window: int | str = 1,
+    prompt: str = "",
+) -> tuple[Tensor, Counterfactual]:
+    """(x_rec, SAE edit with κ and its undoing with 1/κ) for the images of `inv`."""
+    if kappa == 0 or not math.isfinite(kappa):
+        raise ValueError(f"--kappa must be finite and non-zero (it is undone by 1/κ), got {kappa}")
+    args = (mode, threshold_k, mask, window, prompt)
+    first = edit_batch(backbone, sae, inv, components, [kappa], *args)
+    assert first.reference is not None
+    edited = first.images[:, 0]
+    inv2 = _reinvert(backbone, edited, inv, prompt)
+    back = edit_batch(backbone, sae, inv2, components, [1.0 / kappa], *args, reference=False)
+    return first.reference, Counterfactual(edited, back.images[:, 0])
+
+
+@torch.no_grad()
+def direction_counterfactual(
+    backbone: DiffusionBackbone,
+    inv: Inversion,
+    direction: Tensor,
+    scale: float = 1.0,
+    window: int | str = 1,
+    prompt: str = "",
+) -> Counterfactual:
+    """Baseline: h + s·d, re-invert, h − s·d."""
+
+    def shift(s: float):  # a RowEdit adding s·d to every edited row
+        return lambda h, _v: h + s * direction.to(h)
+
+    run = resume_variants(backbone, inv, shift(scale), 1, window, prompt, reference=False)
+    edited = run.images[:, 0]
+    inv2 = _reinvert(backbone, edited, inv, prompt)
+    back = resume_variants(backbone, inv2, shift(-scale), 1, window, prompt, reference=False)
+    return Counterfactual(edited, back.images[:, 0])
+
+
+@torch.no_grad()
+def text_counterfactual(
+    backbone: DiffusionBackbone, inv: Inversion, prompt: str, edit_prompt: str
+) -> Counterfactual:
+    """Text baseline (conditional models): resume with edit_prompt, invert with it, resume with
+    the original prompt."""
+    z, _ = resume(backbone, inv.z_t, inv.t_index, inv.grid, edit_prompt)
+    edited = backbone.decode(z)
+    inv2 = _reinvert(backbone, edited, inv, edit_prompt)
+    z_back, _ = resume(backbone, inv2.z_t, inv2.t_index, inv2.grid, prompt)
+    return Counterfactual(edited, backbone.decode(z_back))
+
+
+# ----- summary ----------------------------------------------------------------------------------
+def method_metrics(x: Tensor, x_rec: Tensor, cf: Counterfactual) -> dict[str, Any]:
+    """Per-image metrics of one method: edit size, restored vs input, restored vs x_rec."""
+    return {
+        "edit_vs_rec": image_metrics(cf.edited, x_rec),
+        "restored_vs_input": image_metrics(cf.restored, x),
+        "restored_vs_rec": image_metrics(cf.restored, x_rec),
+    }
+
+
+def _merge(acc: dict[str, Any], new: dict[str, Any]) -> None:
+    """Append per-image lists of `new` to those of `acc` (same nesting)."""
+    for k, v in new.items():
+        if isinstance(v, dict):
+            _merge(acc.setdefault(k, {}), v)
+        else:
+            acc.setdefault(k, []).extend(v)
+
+
+def _means(tree: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out[k] = _means(v)
+        else:  # an exactly restored image has PSNR inf, and so then has the mean
+            out[k] = float(np.mean(v))
+    return out
+
+
+def format_table(doc: dict[str, Any]) -> str:
+    floor = doc["mean"]["rec_vs_input"]
+    lines = [
+        f"Counterfactual consistency (§4.6.1) on {len(doc['images'])} images, t={doc['t']}, "
+        f"{doc['steps']} DDIM steps: edit, re-invert the edited image, undo, resume.",
+        f"Inversion floor (plain invert → resume vs input): MSE {floor['mse']:.3g}, "
+        f"PSNR {floor['psnr_db']:.1f} dB, SSIM {floor['ssim']:.3f}.",
+        "",
+        "| method | edit size (MSE vs rec) | restored vs input: MSE | PSNR | SSIM "
+        "| restored vs rec: MSE | PSNR | SSIM |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in doc["mean"]["methods"].items():
+        a, b = m["restored_vs_input"], m["restored_vs_rec"]
+        lines.append(
+            f"| {name} | {m['edit_vs_rec']['mse']:.3g} | {a['mse']:.3g} | {a['psnr_db']:.1f} | "
+            f"{a['ssim']:.3f} | {b['mse']:.3g} | {b['psnr_db']:.1f} | {b['ssim']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ----- command ----------------------------------------------------------------------------------
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "counterfactual",
+        help="edit with κ, re-invert, undo with 1/κ: how well SAE edits invert (§4.6.1)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--component", action="extend", nargs="+", required=True, metavar="C:J|k")
+    p.add_argument("--kappa", type=float, required=True, help="edit factor (undone by 1/κ)")
+    p.add_argument("--image", type=Path, action="extend", nargs="+", default=None)
+    p.add_argument("--data", type=Path, default=None, help="image folder (CelebA layout or plain)")
+    p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
+    p.add_argument("--n", type=int, default=8, help="images from --data (default 8)")
+    p.add_argument("--batch", type=int, default=8, help="images per batch")
+    p.add_argument("--attribute", default=None, help="add the mean-difference baseline for it")
+    p.add_argument("--baseline-scale", type=float, default=1.0, help="s of the h ± s·d baseline")
+    p.add_argument("--edit-prompt", default=None, help="text baseline (conditional models)")
+    add_setup_arguments(p)
+    p.add_argument("--out", type=Path, default=Path("runs/counterfactual"))
+    p.set_defaults(func=run)
+
+
+def _inputs(args: argparse.Namespace, size: int) -> tuple[Tensor, list[str]]:
+    from hsae.data.images import ImageDataset
+
+    if args.image:
+        return load_images(args.image, size)
+    if args.data is None:
+        raise ValueError("give --image PATH ... or --data DIR (held-out images, --split test)")
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    ds = ImageDataset(args.data, size, split=args.split, limit=args.n)
+    return torch.stack([ds[i][0] for i in range(len(ds))]), ds.ids
+
+
+def _baselines(args: argparse.Namespace, setup: EditSetup) -> dict[str, Any]:
+    """What the chosen baselines need, checked before any image is inverted."""
+    out: dict[str, Any] = {}
+    if args.attribute is not None:
+        from hsae.editing.directions import mean_difference
+
+        if setup.store is None:
+            raise ValueError("--attribute needs --store (the labelled activation store)")
+        out["direction"] = mean_difference(setup.store, args.attribute)
+    if args.edit_prompt is not None:
+        if not setup.backbone.is_conditional:
+            raise ValueError(
+                f"--edit-prompt needs a text-conditional model; {setup.backbone.model_id!r} is "
+                "unconditional (use --attribute for the mean-difference baseline)"
+            )
+        out["edit_prompt"] = args.edit_prompt
+    return out
+
+
+def _run_batch(
+    args: argparse.Namespace, setup: EditSetup, x: Tensor, comps: list[Component], base: dict
+) -> tuple[Tensor, dict[str, Counterfactual]]:
+    inv = setup.invert(x)
+    warn_timestep(setup, inv)
+    k = setup.threshold_k(inv)
+    mask = parse_mask(args.mask, setup.sae.cfg.spatial)
+    opts = (args.mode, k, mask, args.window, setup.prompt)
+    x_rec, cf = sae_counterfactual(setup.backbone, setup.sae, inv, comps, args.kappa, *opts)
+    methods = {f"SAE {'+'.join(map(str, comps))} κ={args.kappa:g}": cf}
+    if "direction" in base:
+        name = f"mean-difference {args.attribute} s={args.baseline_scale:g}"
+        methods[name] = direction_counterfactual(
+            setup.backbone, inv, base["direction"], args.baseline_scale, args.window, setup.prompt
+        )
+    if "edit_prompt" in base:
+        methods[f"text: {base['edit_prompt']!r}"] = text_counterfactual(
+            setup.backbone, inv, setup.prompt, base["edit_prompt"]
+        )
+    return x_rec, methods
+
+
+def run(args: argparse.Namespace) -> int:
+    from hsae.utils.io import atomic_write_json, atomic_write_text
+    from hsae.utils.jsonable import jsonable
+    from hsae.utils.viz import save_grid
+
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.kappa == 0 or not math.isfinite(args.kappa):
+        raise ValueError(f"--kappa must be finite and non-zero (undone by 1/κ), got {args.kappa}")
+    setup = load_setup(args)
+    comps = [parse_component(c, setup.sae) for c in dict.fromkeys(args.component)]
+    base = _baselines(args, setup)
+    images, names = _inputs(args, setup.backbone.image_size)
+    per: dict[str, Any] = {}
+    grid_rows: list[Tensor] = []
+    starts = range(0, len(images), args.batch)
+    for s in tqdm(starts, desc="counterfactual", disable=not setup.progress, leave=False):
+        x = images[s : s + args.batch]
+        x_rec, methods = _run_batch(args, setup, x, comps, base)
+        per_method = {name: method_metrics(x, x_rec, cf) for name, cf in methods.items()}
+        _merge(per, {"rec_vs_input": image_metrics(x_rec, x), "methods": per_method})
+        cols = [x, x_rec] + [t for cf in methods.values() for t in (cf.edited, cf.restored)]
+        grid_rows += [torch.stack([c[i] for c in cols]) for i in range(len(x))]
+    save_grid(grid_rows, args.out / "grid.png")
+    doc = {
+        **setup.settings(),
+        "sae": str(args.sae),
+        "components": [str(c) for c in comps],
+        "kappa": args.kappa,
+        "mode": args.mode,
+        "window": args.window,
+        "images": names,
+        "grid_columns": ["input", "invert→resume"]
+        + [f"{m} {w}" for m in per["methods"] for w in ("edited", "restored")],
+        "mean": _means(per),
+        "per_image": per,
+        "paths": {"grid": "grid.png", "table": "table.md"},
+    }
+    atomic_write_json(args.out / "counterfactual.json", jsonable(doc))
+    atomic_write_text(args.out / "table.md", format_table(doc))
+    print(format_table(doc), end="")
+    print(f"wrote {args.out / 'counterfactual.json'}, {args.out / 'table.md'}, grid.png")
+    return 0

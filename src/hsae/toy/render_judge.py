@@ -1,0 +1,107 @@
+"""Judge toyfaces attributes by re-rendering them: a check of generated faces with no classifier.
+
+For each image, the `k` nearest renders of a bank (full-image L2 distance) supply candidate
+nuisance: position, scale, colours. Each candidate is re-rendered with every combination of a
+group's attributes (its other attributes kept), and the combination whose render is closest to the
+image inside the group's region (`attribute_region_mask`, the image shifted by up to 1 px) is the
+verdict for the group. It has no weights that could learn a shortcut (a thin brow is judged thin
+only if a thin-brow render matches better), but it assumes sharp drawings: on renders blurred by
+0.7 px it calls about 11 points too many eyes closed (README, "Toy DDPM").
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hsae.toy.toyfaces import ATTRIBUTES, attribute_region_mask, generate
+
+GROUPS: tuple[tuple[str, ...], ...] = (
+    ("Smiling", "Mouth_Slightly_Open"),
+    ("Heavy_Eyebrows", "Eyes_Closed", "Eyeglasses"),
+    ("Pale_Skin", "Blond_Hair", "Beard"),
+    ("Wearing_Hat", "Bangs"),
+    ("Blue_Background",),
+)
+SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+DEFAULT_BANK = 16000  # the toyfaces train split the toy DDPM learned from
+
+
+def render(seed: int, index: int, **toggles: bool) -> np.ndarray:
+    return np.asarray(generate(seed, index, **toggles).image, dtype=np.float32) / 255.0
+
+
+def shifted(img: np.ndarray) -> np.ndarray:
+    """(9, H, W, 3): `img` moved by every (dy, dx) in SHIFTS, edges replicated."""
+    pad = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    h, w = img.shape[:2]
+    return np.stack([pad[1 - dy : 1 - dy + h, 1 - dx : 1 - dx + w] for dy, dx in SHIFTS])
+
+
+def judge_group(img: np.ndarray, seed: int, neighbours: list[int], group: tuple[str, ...]) -> dict:
+    """Verdict for one attribute group: the best (neighbour, combination, shift) in the region."""
+    moved = shifted(img)
+    best = (np.inf, {})
+    for j in neighbours:
+        mask = np.zeros(img.shape[:2], bool)
+        for a in group:
+            mask |= attribute_region_mask(seed, j, a)
+        for combo in itertools.product((False, True), repeat=len(group)):
+            toggles = dict(zip(group, combo, strict=True))
+            diff = (moved - render(seed, j, **toggles)[None]) ** 2
+            err = float(diff[:, mask].mean(axis=(1, 2)).min())
+            if err < best[0]:
+                best = (err, toggles)
+    return best[1]
+
+
+def as_judge_input(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) uint8, or float in [-1, 1], → float (N, H, W, 3) in [0, 1] for `judge`."""
+    x = images.float()
+    x = x / 255 if images.dtype == torch.uint8 else (x.clamp(-1, 1) + 1) / 2
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def render_bank(seed: int, n: int) -> np.ndarray:
+    """Faces 0 .. n-1 of toyfaces dataset `seed` as float (n, H, W, 3) in [0, 1]."""
+    return np.stack([render(seed, i) for i in range(n)])
+
+
+def nearest_renders(images: np.ndarray, bank: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
+    """(N, k) indices of each image's k nearest bank renders by L2 distance."""
+    b = torch.from_numpy(bank.reshape(len(bank), -1)).float()
+    b_sq = (b * b).sum(1)
+    out = []
+    for i in range(0, len(images), chunk):
+        x = torch.from_numpy(images[i : i + chunk].reshape(-1, b.shape[1])).float()
+        # ||x||^2 is the same for every render of a row, so the ranking needs only the rest.
+        d = b_sq[None, :] - 2 * (x @ b.T)
+        out.append(d.topk(k, dim=1, largest=False).indices)
+    return torch.cat(out).numpy()
+
+
+def judge(
+    images: np.ndarray, bank: np.ndarray, seed: int, k: int = 5, progress: bool = True
+) -> np.ndarray:
+    """Bool (N, A) verdicts in ATTRIBUTES order for float (N, H, W, 3) images in [0, 1].
+
+    `bank` holds faces 0 .. len(bank)-1 of dataset `seed` (see `render_bank`).
+    """
+    if images.ndim != 4 or images.shape[1:] != bank.shape[1:]:
+        raise ValueError(
+            f"images must have shape (N, {', '.join(map(str, bank.shape[1:]))}) like the bank's "
+            f"renders, got {images.shape}"
+        )
+    if not 1 <= k <= len(bank):
+        raise ValueError(f"k must be in [1, {len(bank)}] (the bank size), got {k}")
+    nearest = nearest_renders(images, bank, k)
+    out = np.zeros((len(images), len(ATTRIBUTES)), bool)
+    for i, img in enumerate(tqdm(images, desc="render judge", unit="img", disable=not progress)):
+        neighbours = nearest[i].tolist()
+        for group in GROUPS:
+            for a, v in judge_group(img, seed, neighbours, group).items():
+                out[i, ATTRIBUTES.index(a)] = v
+    return out
