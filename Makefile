@@ -23,6 +23,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts benchmarks
 	$(VENV)/bin/ruff format --check src tests scripts benchmarks
+	$(VENV)/bin/mypy
 
 # The report test opens the HTML report in headless Chromium (Debian's package); install it when
 # missing and we may (root or passwordless sudo), otherwise say why that test will be skipped.

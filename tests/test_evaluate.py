@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hsae.analysis import reconstruction as E
+from hsae.cli import eval as EC
 from hsae.cli import main
 from hsae.data.store import ActivationStore, ActivationStoreWriter
 from hsae.sae import FlatSAE, build_sae, make_config
@@ -133,7 +134,7 @@ def test_evaluate_model_streams_and_thresholding_cuts_l0(store) -> None:
 
 
 def test_full_rank_pca_explains_everything_and_run_rows(store) -> None:
-    models = E.fit_baselines(store, pca=[D, 2], random_latents=8, batch=16, seed=0)
+    models = EC.fit_baselines(store, pca=[D, 2], random_latents=8, batch=16, seed=0)
     models["sae"] = channel_sae()
     rows = E.evaluate_run(store, models, split="test", k_for_threshold="auto")
     by = {r["method"]: r for r in rows}

@@ -9,6 +9,7 @@ printed and recorded in `demo_summary.json`, to be rerun at full size.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import time
@@ -192,3 +193,22 @@ def demo_command(out: Path, n_images: int, steps: int, t: float, sae_steps: int 
     print(json.dumps(summary, indent=2))
     print(f"\nreport: {summary['report']}")
     return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the method end to end on the embedded toy model")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--n", type=int, default=512, help="toyfaces images to extract")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--t", type=float, default=0.7)
+    p.add_argument("--sae-steps", type=int, default=1500, help="SAE training steps")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+
+    return demo_command(args.out, args.n, args.steps, args.t, args.sae_steps)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _add_demo(sub)

@@ -144,3 +144,19 @@ def _configs_from_checkpoint(args: argparse.Namespace, ckpt: Path) -> tuple[Base
 # argparse dest -> (config it belongs to, field, default for a fresh run). Defaults live here, not
 # in the parser, so a resumed run can tell an explicit flag (checked against the checkpoint) from
 # an omitted one (taken from the checkpoint).
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+
+    p = sub.add_parser("train", help="train an SAE on an activation store")
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+
+    return train_command(args)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _add_train(sub)

@@ -47,9 +47,11 @@ class DiffusionBackbone:
     ) -> None:
         from diffusers import DDIMScheduler
 
-        self.unet = unet.eval().requires_grad_(False)
-        self.vae = vae.eval().requires_grad_(False) if vae is not None else None
-        self.text_encoder = (
+        # diffusers models carry `config` and typed call signatures torch's nn.Module does not
+        # declare: typed Any so the checker does not see a Tensor | Module attribute union.
+        self.unet: Any = unet.eval().requires_grad_(False)
+        self.vae: Any = vae.eval().requires_grad_(False) if vae is not None else None
+        self.text_encoder: Any = (
             text_encoder.eval().requires_grad_(False) if text_encoder is not None else None
         )
         self.tokenizer = tokenizer

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from hsae.diffusion.hspace import HEdit
 from hsae.sae.base import BaseSAE
-from hsae.sae.threshold import codes_as_tokens, threshold_codes
+from hsae.sae.tokens import decode_tokens, encode_tokens, n_tokens
 
 MODES = ("reconstruction", "error_preserving")
 
@@ -48,16 +48,6 @@ class Component:
         return f"{self.token}:{self.latent}"
 
 
-def n_tokens(sae: BaseSAE) -> int:
-    """M, the number of code tokens per image (C for channel tokens, K·K spatial, 1 flat)."""
-    axes = sae.code_axes
-    if len(axes) <= 1:
-        return 1
-    if axes[0] == "channel":
-        return sae.cfg.n_channels
-    return sae.cfg.spatial * sae.cfg.spatial
-
-
 def parse_component(text: str, sae: BaseSAE) -> Component:
     """'C:J' (token C, latent J) or a flat index k = C·L + J, checked against the SAE's shape."""
     m_tok, n_lat = n_tokens(sae), sae.cfg.n_latents
@@ -74,18 +64,6 @@ def parse_component(text: str, sae: BaseSAE) -> Component:
             f"latents 0..{n_lat - 1} (flat index 0..{m_tok * n_lat - 1})"
         )
     return Component(tok, lat)
-
-
-def encode_tokens(sae: BaseSAE, h: Tensor, threshold_k: int | None = None) -> Tensor:
-    """Codes of h as (B, M, L), thresholded by eq. 9 when k is given (test-time context)."""
-    codes = codes_as_tokens(sae.encode(h.to(sae.W_enc.dtype)))
-    return codes if threshold_k is None else threshold_codes(codes, threshold_k)
-
-
-def decode_tokens(sae: BaseSAE, tokens: Tensor, like: Tensor) -> Tensor:
-    """Inverse of `encode_tokens`' reshape, then decode; returns h in like's dtype."""
-    codes = tokens[:, 0] if len(sae.code_axes) == 1 else tokens
-    return sae.decode(codes).to(like.dtype)
 
 
 def scale_components(

@@ -31,7 +31,7 @@ DEFAULT_BANK = 16000  # the toyfaces train split the toy DDPM learned from
 
 
 def render(seed: int, index: int, **toggles: bool) -> np.ndarray:
-    return np.asarray(generate(seed, index, **toggles).image, dtype=np.float32) / 255.0
+    return np.asarray(generate(seed, index, None, **toggles).image, dtype=np.float32) / 255.0
 
 
 def shifted(img: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ def shifted(img: np.ndarray) -> np.ndarray:
 def judge_group(img: np.ndarray, seed: int, neighbours: list[int], group: tuple[str, ...]) -> dict:
     """Verdict for one attribute group: the best (neighbour, combination, shift) in the region."""
     moved = shifted(img)
-    best = (np.inf, {})
+    best: tuple[float, dict] = (np.inf, {})
     for j in neighbours:
         mask = np.zeros(img.shape[:2], bool)
         for a in group:

@@ -117,6 +117,7 @@ def attribute_survival(
         pred, truth, step = torch.cat(preds), labels.bool(), grid.timesteps[i]
         rows += _rows(pred, truth, names, data_frequency, frac, step)
         for value in (True, False) if by is not None else ():
+            assert by is not None  # narrowed for the type checker: the loop is empty otherwise
             m = truth[:, names.index(by)] == value
             subset = f"{by}={int(value)}"
             rows += _rows(pred[m], truth[m], names, data_frequency, frac, step, subset)
