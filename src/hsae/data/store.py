@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from hsae.utils.jsonable import jsonable as json_policy
 from hsae.utils.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
 FORMAT = "hsae-activation-store"
@@ -63,20 +64,13 @@ def shard_bounds(i: int, num_images: int, shard_size: int) -> tuple[int, int]:
 
 
 def jsonable(obj: Any) -> Any:
-    """obj as it reads back from JSON (tuples → lists, numpy scalars/arrays → Python)."""
+    """obj as it reads back from JSON under the project's policy (`hsae.utils.jsonable`: numpy
+    values as Python ones, non-finite floats as null), refusing what JSON cannot hold."""
 
-    def default(o: Any) -> Any:
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, Path):
-            return str(o)
-        if isinstance(o, set | frozenset):
-            return sorted(o)
+    def reject(o: Any) -> Any:
         raise TypeError(f"store metadata value {o!r} ({type(o).__name__}) is not JSON-able")
 
-    return json.loads(json.dumps(obj, default=default))
+    return json.loads(json.dumps(json_policy(obj), default=reject, allow_nan=False))
 
 
 def _check_dtype(dtype: str) -> str:

@@ -17,6 +17,8 @@ def jsonable(obj: Any) -> Any:
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [jsonable(v) for v in obj]
+    if isinstance(obj, set | frozenset):
+        return sorted(jsonable(v) for v in obj)
     if isinstance(obj, np.ndarray):
         return jsonable(obj.tolist())
     if isinstance(obj, np.generic):
