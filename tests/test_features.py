@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from hsae.analysis import features as F
+from hsae.analysis import code_scan as F
+from hsae.analysis import features as FT
 from hsae.cli import main
 from hsae.data.store import ActivationStore, ActivationStoreWriter
 from hsae.editing.intervene import encode_tokens
@@ -201,11 +202,11 @@ def test_features_command_writes_tables_and_grids(planted: dict) -> None:
     assert doc["attributes"]["B"]["best"]["component"] == "3:2"
     table = (out / "table.md").read_text()
     assert "| A | 1:1 | 7 | + |" in table and "| B | 3:2 | 20 | − |" in table
-    with Image.open(out / F.TOP_GRID_FILE) as im:  # 3 rows × 4 tiles of 8 px, upscaled 3×
+    with Image.open(out / FT.TOP_GRID_FILE) as im:  # 3 rows × 4 tiles of 8 px, upscaled 3×
         assert im.size == (4 * 8 * 3, 3 * 8 * 3)
-    with Image.open(out / F.ATTRIBUTE_GRID_FILE) as im:
+    with Image.open(out / FT.ATTRIBUTE_GRID_FILE) as im:
         assert im.size == (4 * 8 * 3, len(ATTRS) * 8 * 3)
-    stats = np.load(out / F.STATS_FILE)
+    stats = np.load(out / FT.STATS_FILE)
     assert stats["mean"].shape == (C * L,)
 
 
@@ -217,7 +218,7 @@ def test_features_without_data_and_with_the_wrong_folder(
     assert main([*base, "--out", str(tmp_path / "a"), "--no-progress"]) == 0
     doc = json.loads((tmp_path / "a" / "features.json").read_text())
     assert "top_grid" not in doc["files"] and "--data" in doc["files"]["note"]
-    assert not (tmp_path / "a" / F.TOP_GRID_FILE).exists()
+    assert not (tmp_path / "a" / FT.TOP_GRID_FILE).exists()
     other = tmp_path / "other"
     other.mkdir()
     Image.new("RGB", (8, 8)).save(other / "unrelated.png")

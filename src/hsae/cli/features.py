@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hsae.analysis.features import (
+from hsae.analysis.code_scan import (
     DEFAULT_BATCH,
     DEFAULT_CANDIDATES,
     DEFAULT_GRID_IMAGES,
     DEFAULT_TOP,
+)
+from hsae.analysis.features import (
     FEATURES_FILE,
     RANK_BY,
     TABLE_FILE,
