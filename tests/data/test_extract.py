@@ -141,7 +141,7 @@ def _wait_for_first_shard(
 
 def test_kill_then_resume_is_bit_identical(tiny: dict[str, Path], reference: Path) -> None:
     out = tiny["root"] / "killed"
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env = {
         **os.environ,
         "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
