@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install chromium demo test lint bench table2 figures figures-toy figures-sae retrain-toy \
+.PHONY: install chromium demo test test-fast lint bench table2 figures figures-toy figures-sae retrain-toy \
   retrain-classifier clean
 
 $(STAMP): pyproject.toml
@@ -38,6 +38,10 @@ chromium:
 
 test: lint chromium
 	$(VENV)/bin/pytest -q
+
+# The quick loop while developing: everything but the tests marked slow (the suite runs them all).
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py

@@ -212,6 +212,7 @@ def identity_flat_sae(c: int, k: int) -> FlatSAE:
     return sae
 
 
+@pytest.mark.slow
 def test_spliced_identity_is_lossless_and_a_bad_sae_is_not(make_pixel_backbone) -> None:
     backbone = make_pixel_backbone("epsilon")
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1

@@ -13,6 +13,7 @@ from hsae.cli import main
 STAGE_OUTPUTS = ("eval", "features", "probe", "editbench", "edit", "counterfactual", "interpolate")
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_resumes(
     tmp_path: Path,
     pixel_pipeline_dir: Path,

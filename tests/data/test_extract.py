@@ -71,6 +71,7 @@ def reference(tiny: dict[str, Path]) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_extract_cli_summary_and_shape(
     tiny: dict[str, Path], reference: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -139,6 +140,7 @@ def _wait_for_first_shard(
     pytest.fail("no shard listed in time")
 
 
+@pytest.mark.slow
 def test_kill_then_resume_is_bit_identical(tiny: dict[str, Path], reference: Path) -> None:
     out = tiny["root"] / "killed"
     src = str(Path(__file__).resolve().parents[2] / "src")

@@ -307,6 +307,7 @@ def _bench_args(root: Path, data: str, out: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_editbench_command_on_a_tiny_unet(tiny_run: dict) -> None:
     root = tiny_run["root"]
     assert main([*_bench_args(root, "data", "bench"), "--edit-steps", "all"]) == 0

@@ -288,6 +288,7 @@ def test_cli_edit_missing_image(cli_inputs, tmp_path, capsys):
     assert "nope.png" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_toy_model_smoke(tmp_path):
     """The real toy model with a random SAE of its H-space shape: one image, 10 steps."""
     from hsae.diffusion.backbone import DiffusionBackbone, toy_model_path

@@ -226,6 +226,7 @@ def _chromium() -> str:
     return exe
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(built: dict, run_dir: Path) -> None:
     """One launch: every section is in the rendered DOM, no image failed, a screenshot is kept."""
     exe = _chromium()
@@ -241,6 +242,7 @@ def test_report_in_headless_chromium(built: dict, run_dir: Path) -> None:
         assert len(np.unique(np.asarray(im.convert("L")))) > 10  # drawn, not a blank page
 
 
+@pytest.mark.slow
 def test_browser_check_detects_a_broken_image(built: dict, run_dir: Path) -> None:
     exe = _chromium()
     page = (run_dir / "report" / "index.html").read_text()

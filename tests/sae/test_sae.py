@@ -357,6 +357,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
+@pytest.mark.slow
 def test_planted_dictionary_is_recovered(one_thread: None) -> None:
     g = torch.Generator().manual_seed(0)
     atoms = torch.randn(N_ATOMS, DIM, generator=g)
