@@ -1,5 +1,6 @@
-"""HTML report: markdown conversion, a fake run folder rendered with every convention (nested
-images, GIFs, several edit folders, a missing stage), and the page opened in headless Chromium."""
+"""HTML report: markdown through markdown-it, a fake run folder rendered with every convention
+(nested images, GIFs, several edit folders, a features folder with its JSON and grids, a missing
+stage), named cards and headlines, and the page opened in headless Chromium."""
 
 from __future__ import annotations
 
@@ -7,26 +8,41 @@ import json
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from hsae import report as R
 from hsae.cli import main
 from hsae.data.store import ActivationStoreWriter
-from hsae.report import build as R
+from hsae.report.firing import Wanted, firing_maps
 from hsae.sae import build_sae, make_config
 
-C, K, N = 4, 3, 40
+C, K, N, L = 4, 3, 40, 16
 SPLITS = [0] * 28 + [1] * 4 + [2] * 8
-# loss curves + histogram + 8 stage <img>: 7 image files, the edit grid also shown from table.md
-EXPECTED_IMAGES = 10
+TOP = [("1:5", 1, 5, (255, 0, 0)), ("2:7", 2, 7, (0, 255, 0))]  # component, token, latent, colour
+ATTR = ("Smiling", "3:1", 3, 1, (0, 0, 255))
+EDIT_ROWS = ("a.png", "b.png")
+BAD_NAME = "<b>x&y.png"  # a file name that is also markup: must reach the page escaped
+# training, eval, histogram (3) + features: 3 cards × (strip, K×K map), the 2 edit strips of 1:5
+# and 2 sub-folder crops (10) + edits: 2 row cards and edit-hat's 2 (4) + editbench's example (1)
+# + interpolate's png and gif (2); edit/'s markdown image points at its cards instead
+EXPECTED_IMAGES = 20
 
 
 def tiny_png(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (8, 6)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path)
+
+
+def rows_png(path: Path, colors: list[tuple[int, int, int]], w: int = 24, h: int = 6) -> None:
+    """A grid of len(colors) rows, each of one colour (to check the rows are cut right)."""
+    a = np.concatenate([np.full((h, w, 3), c, np.uint8) for c in colors])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
 
 
 def tiny_gif(path: Path) -> None:
@@ -58,11 +74,13 @@ def write_acts_and_sae(run: Path) -> None:
         a, b = w.shard_rows(i)
         w.write_shard(i, h[a:b])
     torch.manual_seed(0)
-    build_sae(make_config("channel_aware", C, K, n_latents=16, n_train_images=28)).save(run / "sae")
+    build_sae(make_config("channel_aware", C, K, n_latents=L, n_train_images=28)).save(run / "sae")
     log = "".join(
         json.dumps({"step": s, "loss": 10 / s, "mse": 5 / s, "l0": 3}) + "\n" for s in (1, 2, 3)
     )
     (run / "sae" / "train_log.jsonl").write_text(log + '{"step": 4, "lo')  # torn last line
+    metrics = {"steps": 3, "final": {"loss": 3.3, "mse": 1.25, "l0": 3.0, "dead_pct": 0.0}}
+    (run / "sae" / "metrics.json").write_text(json.dumps(metrics))
 
 
 EVAL_TABLE = """| method | EV | cosine |
@@ -72,6 +90,47 @@ EVAL_TABLE = """| method | EV | cosine |
 
 - sae thresholded: sparsity 0.950
 """
+EVAL_ROWS = [
+    {"architecture": "channel_aware", "thresholded": False, "ev": 0.91, "active_per_image": 120},
+    {"architecture": "channel_aware", "thresholded": True, "threshold_k": 3, "ev": 0.7},
+    {"architecture": "pca", "n_latents": 16, "ev": 0.8},
+    {"architecture": "pca", "n_latents": 64, "ev": 0.85},
+]
+
+
+def write_features(folder: Path) -> None:
+    comp = lambda c, t, j, r: {"component": c, "token": t, "latent": j, "flat_index": t * L + j,  # noqa: E731
+                               "mean": 0.5, "freq": 0.25, "mean_active": 2.0, "max": 3.0,
+                               "top_rows": r, "top_values": [3.0, 2.0][: len(r)]}  # fmt: skip
+    tops = [{"rank": i + 1, **comp(c, t, j, [i, i + 3])} for i, (c, t, j, _) in enumerate(TOP)]
+    name, c, t, j, _ = ATTR
+    best = {**comp(c, t, j, [5, 6]), "sign": -1, "auroc_train": 0.2, "auroc_test": 0.25,
+            "freq_pos_train": 0.1, "freq_neg_train": 0.6}  # fmt: skip
+    doc = {
+        "settings": {"n_images": N, "rank_by": "mean"},
+        "top_components": tops,
+        "attributes": {name: {"best": best}, "Bangs": {"best": None, "note": "one class only"}},
+        "files": {"top_grid": "max_activating.png", "attribute_grid": "attribute_components.png"},
+    }
+    (folder / "features.json").write_text(json.dumps(doc))
+    rows_png(folder / "max_activating.png", [col for *_, col in TOP])
+    rows_png(folder / "attribute_components.png", [ATTR[-1]])
+    (folder / "table.md").write_text(
+        "Top features.\n\n![one row per component](max_activating.png)\n"
+    )
+
+
+def write_edit(folder: Path) -> None:
+    doc = {
+        "components": ["1:5"],
+        "images": [f"/anywhere/{n}" for n in EDIT_ROWS],
+        "grid_columns": ["input", "unedited", "kappa=4"],
+        "paths": {"grid": "grid.png"},
+        "rows": [{"image": "a", "kappa": 4, "pixel_vs_unedited": {"changed_frac": 0.25,
+                                                                   "psnr_db": 30.0}}],
+    }  # fmt: skip
+    (folder / "edit.json").write_text(json.dumps(doc))
+    rows_png(folder / "grid.png", [(9, 9, 9), (99, 99, 99)], w=18)
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +139,26 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("run")
     write_acts_and_sae(run)
     write_stage(run / "eval", EVAL_TABLE, {"ev_vs_budget.png": (0, 128, 0)})
+    (run / "eval" / "metrics.json").write_text(json.dumps({"rows": EVAL_ROWS}))
     write_stage(
         run / "probe", "# Probes\n\n| attribute | SAE |\n|---|---|\n| Smiling | 0.9 |\n", {}
     )
+    probe = {"methods": [{"key": "sae", "name": "SAE k=3"}, {"key": "pca", "name": "PCA-16"}],
+             "attributes": ["Smiling"], "mean": {"sae": {"accuracy": 0.875},
+                                                 "pca": {"accuracy": 0.75}}}  # fmt: skip
+    (run / "probe" / "probe.json").write_text(json.dumps(probe))
     feats = {"feature_0001/top.png": (200, 0, 0), "feature_0002/top.png": (0, 0, 200)}
-    write_stage(run / "features", "Top features by mean activation.\n", feats)
-    write_stage(run / "edit", "# Edit\n\n![the grid](grid.png)\n", {"grid.png": (9, 9, 9)})
-    write_stage(run / "edit-hat", "no table here", {"grid.png": (99, 9, 9)})
+    write_stage(run / "features", "", feats)
+    write_features(run / "features")
+    (run / "features" / "feature_0001" / "atlas.json").write_text(json.dumps({"auroc": 0.75}))
+    write_stage(run / "edit", "# Edit\n\n![the grid](grid.png)\n", {})
+    write_edit(run / "edit")
+    write_stage(run / "edit-hat", "no table here", {"grid.png": (99, 9, 9), BAD_NAME: (1, 1, 1)})
     write_stage(run / "editbench", "| edit | flip rate |\n|---|---|\n| 1 | 0.5 |\n", {})
+    bench = {"summary": {"sae": {"add": {"flip_rate": 0.125}}, "mean_diff": {"add": {"flip_rate": 0.5}}},
+             "attributes": {"X": {"val_sweep": {"sae": [{"flip_rate": 0.99}]}}}}  # fmt: skip
+    (run / "editbench" / "editbench.json").write_text(json.dumps(bench))
+    rows_png(run / "editbench" / "examples" / "X.png", [(5, 5, 5)] * 3)
     write_stage(run / "interpolate", "Walks.\n", {"walk.png": (1, 2, 3)})
     tiny_gif(run / "interpolate" / "walk.gif")
     return run
@@ -98,41 +169,48 @@ def built(run_dir: Path) -> dict:
     return R.build_report(run_dir, sparsity_images=16)
 
 
+def page_of(run_dir: Path) -> str:
+    return (run_dir / "report" / "index.html").read_text()
+
+
 # ----- markdown -----------------------------------------------------------------------------------
 def test_markdown_tables_headings_lists_and_escaping() -> None:
-    md = "# Title\n\nSome *text* with `a<b` and **bold**.\nsecond line\n\n" + EVAL_TABLE
-    md += "\n```\n<raw> | not a table\n```\n1. one\n2. two\n"
+    md = "# Title\n\nSome *text* with `a<b` and **bold**.\n\n" + EVAL_TABLE
+    md += "\n```\n<raw> | not a table\n```\n1. one\n2. two\n\n<script>x</script>\n"
     out = R.markdown_to_html(md, heading_offset=2)
     assert "<h3>Title</h3>" in out
-    assert (
-        "<p>Some *text* with <code>a&lt;b</code> and <strong>bold</strong>. second line</p>" in out
-    )
+    assert "<p>Some <em>text</em> with <code>a&lt;b</code> and <strong>bold</strong>.</p>" in out
     assert '<th style="text-align:right">EV</th>' in out
     assert '<th style="text-align:center">cosine</th>' in out
     assert "<td>SAE &lt;b&gt;x&lt;/b&gt;</td>" in out and "<td>PCA a|b</td>" in out
-    assert "<ul><li>sae thresholded: sparsity 0.950</li></ul>" in out
-    assert "<pre><code>&lt;raw&gt; | not a table</code></pre>" in out
-    assert "<ol><li>one</li><li>two</li></ol>" in out
-    assert "<b>" not in out and "<raw>" not in out
+    assert '<div class="table-wrap"><table>' in out
+    assert "<li>sae thresholded: sparsity 0.950</li>" in out
+    assert "<pre><code>&lt;raw&gt; | not a table\n</code></pre>" in out
+    assert "<ol>\n<li>one</li>\n<li>two</li>\n</ol>" in out
+    assert "<b>" not in out and "<raw>" not in out and "<script>" not in out
 
 
-def test_markdown_images_resolve_or_fall_back_to_alt_text() -> None:
-    urls = {"grid.png": "images/edits/edit/grid.png"}
-    out = R.markdown_to_html("![a grid](grid.png) ![gone](missing.png)", resolve=urls.get)
+def test_markdown_images_resolve_point_to_cards_or_fall_back_to_alt_text() -> None:
+    urls = {"grid.png": "images/edits/edit/grid.png", "top.png": "#cards"}
+    md = "![a grid](grid.png) ![gone](missing.png) ![rows](top.png) [j](javascript:x)"
+    out = R.markdown_to_html(md, resolve=urls.get)
     assert '<img src="images/edits/edit/grid.png" alt="a grid">' in out
+    assert '<span class="caption">a grid</span>' in out  # every picture names itself
     assert "[gone]" in out and "missing.png" not in out
+    assert '<a href="#cards">rows (shown as named cards)</a>' in out
+    assert "javascript:" not in out.replace("[j](javascript:x)", "")  # not made a link
 
 
 def test_ragged_table_rows_are_padded() -> None:
-    out = R.table_html(["| a | b | c |", "|---|---|---|", "| 1 |"])
-    assert out.count("<td>") == 3
+    out = R.markdown_to_html("| a | b | c |\n|---|---|---|\n| 1 |\n")
+    assert out.count("<td>") == 3 and out.count("<td></td>") == 2
 
 
 # ----- building the report ------------------------------------------------------------------------
 def test_sections_present_and_missing(built: dict, run_dir: Path) -> None:
     assert built["missing"] == ["counterfactual"]
     assert set(built["present"]) == set(R.SECTION_ORDER) - {"counterfactual"}
-    page = (run_dir / "report" / "index.html").read_text()
+    page = page_of(run_dir)
     for sid in R.SECTION_ORDER:
         assert f'<section id="{sid}"' in page
     assert "not run — run <code>hsae counterfactual" in page
@@ -143,29 +221,93 @@ def test_sections_present_and_missing(built: dict, run_dir: Path) -> None:
 
 def test_every_image_is_copied_and_linked_relatively(built: dict, run_dir: Path) -> None:
     report = run_dir / "report"
-    page = (report / "index.html").read_text()
+    page = page_of(run_dir)
     srcs = re.findall(r'<img src="([^"]+)"', page)
     assert len(srcs) == EXPECTED_IMAGES
     for src in srcs + re.findall(r'<a href="([^"#]+)"', page):
         assert not re.match(r"^(/|[a-z]+:)", src), src  # relative, no scheme: works offline
-        assert (report / src).is_file(), src
+        assert (report / unquote(src)).is_file(), src
     assert "images/features/features/feature_0002/top.png" in srcs
     assert "images/interpolate/interpolate/walk.gif" in srcs
     assert "data/reconstruction/eval/summary.json" in page
+    assert "data/features/features/feature_0001/atlas.json" in page  # nested JSON too
     assert "<script src" not in page and "<link" not in page  # nothing from the network
 
 
+def test_file_names_reach_the_page_escaped(built: dict, run_dir: Path) -> None:
+    page = page_of(run_dir)
+    assert "<b>" not in page
+    assert "<figcaption>edit-hat/&lt;b&gt;x&amp;y.png</figcaption>" in page  # caption, escaped
+    assert '<img src="images/edits/edit-hat/%3Cb%3Ex%26y.png"' in page  # URL, percent-encoded
+
+
 def test_small_images_are_enlarged_and_captioned(built: dict, run_dir: Path) -> None:
-    page = (run_dir / "report" / "index.html").read_text()
+    page = page_of(run_dir)
     assert 'alt="eval/ev_vs_budget.png" width="64" height="48"' in page  # 8×6, × 8 at most
     assert "<figcaption>features/feature_0001/top.png</figcaption>" in page
 
 
+def test_sections_open_with_their_number(built: dict) -> None:
+    head = {s["id"]: s["headline"] for s in built["sections"]}
+    assert head["reconstruction"]["value"] == "0.910"
+    assert "PCA L=64: 0.850" in head["reconstruction"]["detail"]
+    assert "thresholded k=3: 0.700" in head["reconstruction"]["detail"]
+    assert head["probe"]["value"] == "0.875" and "PCA-16 0.750" in head["probe"]["detail"]
+    # the SAE's best test flip rate; validation sweeps are not results
+    assert (
+        head["editbench"]["value"] == "0.12" and "mean_diff add 0.50" in head["editbench"]["detail"]
+    )
+    assert head["edits"]["value"] == "25.0 %" and "1:5 at κ=4" in head["edits"]["detail"]
+    assert head["features"]["value"] == "0.250" and "Smiling → 3:1" in head["features"]["label"]
+    assert head["training"]["value"] == "1.25"
+    assert float(head["sparsity"]["value"]) > 0.5
+    assert head["interpolate"] is None and head["counterfactual"] is None
+
+
+def test_every_feature_is_one_named_card(built: dict, run_dir: Path) -> None:
+    page = page_of(run_dir)
+    cards = re.findall(r'<article class="card" id="([^"]+)" data-card="([^"]+)"', page)
+    names = [n for _, n in cards]
+    assert "Smiling: component 3:1" in names
+    assert ["component 1:5", "component 2:7"] == [n for n in names if n.startswith("component")]
+    assert "edit: a.png" in names and "edit: b.png" in names  # the edit grid, row by row
+    assert "features/feature_0001" in names  # a sub-folder of images: a card named after it
+    assert "<dt>auroc</dt><dd>0.75</dd>" in page  # with its JSON's scalars as facts
+    # the rows of max_activating.png cut in order: each card shows its own colour
+    out = run_dir / "report"
+    for i, (_, _, _, colour) in enumerate(TOP):
+        strip = out / "images/features/features/max_activating" / f"row{i:03d}.png"
+        assert np.asarray(Image.open(strip).convert("RGB"))[0, 0].tolist() == list(colour)
+    # the grids shown as cards are not repeated unlabelled; their markdown points at the cards
+    assert "images/features/features/max_activating.png" not in page
+    assert '<a href="#features-top">one row per component (shown as named cards)</a>' in page
+    # component 1:5 was edited alone: its card carries the edit strips
+    card_15 = page.split('data-card="component 1:5"')[1].split("</article>")[0]
+    assert (
+        "grid of a.png" in card_15 and "grid of b.png" in card_15 and "where 1:5 fires" in card_15
+    )
+
+
+def test_firing_map_splits_the_pre_activation_over_positions(run_dir: Path) -> None:
+    """For a linear encoder the map sums to pre(h) − pre(0): the part that h drives."""
+    from hsae.data.store import ActivationStore
+    from hsae.sae import load_sae
+    from hsae.sae.threshold import codes_as_tokens
+
+    rows = (1, 4, 9)
+    (m,) = firing_maps(run_dir / "acts", run_dir / "sae", [Wanted(2, 7, rows)])
+    assert m is not None and m.shape == (K, K)
+    sae = load_sae(run_dir / "sae").eval()
+    h = torch.from_numpy(ActivationStore(run_dir / "acts")[list(rows)].astype(np.float32))
+    with torch.no_grad():
+        pre = codes_as_tokens(sae.pre_activation(h))[:, 2, 7]
+        pre0 = codes_as_tokens(sae.pre_activation(torch.zeros_like(h)))[:, 2, 7]
+    assert abs(m.sum() - float((pre - pre0).mean())) < 1e-4
+
+
 def test_training_curves_are_plotted_from_the_log(built: dict, run_dir: Path) -> None:
     assert (run_dir / "report" / "images" / "training" / "loss_curves.png").stat().st_size > 0
-    assert (
-        "plotted from sae/train_log.jsonl (3 rows)" in (run_dir / "report/index.html").read_text()
-    )
+    assert "plotted from sae/train_log.jsonl (3 rows)" in page_of(run_dir)
 
 
 def test_sparsity_matches_a_direct_computation(run_dir: Path) -> None:
@@ -184,6 +326,20 @@ def test_sparsity_matches_a_direct_computation(run_dir: Path) -> None:
     expected = (threshold_codes(tokens, 3) == 0).flatten(1).double().mean(1).numpy()
     np.testing.assert_allclose(stats["thresholded"], expected)
     assert np.all(stats["thresholded"] >= stats["raw"])
+
+
+def test_unknown_schemas_and_broken_json_render_generically(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write_stage(run / "features", "x", {"f1/top.png": (1, 1, 1)})
+    (run / "features" / "features.json").write_text("{not json")
+    write_stage(run / "editbench", "y", {})
+    (run / "editbench" / "editbench.json").write_text(json.dumps({"a": [1, {"b": None}]}))
+    (run / "edit").mkdir()
+    (run / "edit" / "edit.json").write_text(json.dumps({"grid_columns": "x", "images": 3}))
+    summary = R.build_report(run, sparsity_images=0)
+    assert {"features", "editbench", "edits"} <= set(summary["present"])
+    assert all(s["headline"] is None for s in summary["sections"])
+    assert 'data-card="features/f1"' in (run / "report" / "index.html").read_text()
 
 
 def test_rebuild_removes_its_own_stale_copies_only(tmp_path: Path) -> None:
@@ -228,28 +384,36 @@ def _chromium() -> str:
 
 @pytest.mark.slow
 def test_report_in_headless_chromium(built: dict, run_dir: Path) -> None:
-    """One launch: every section is in the rendered DOM, no image failed, a screenshot is kept."""
+    """One launch: every section and card is in the rendered DOM, every image loaded and named
+    (a caption or a card), a screenshot is kept."""
     exe = _chromium()
     index = run_dir / "report" / "index.html"
     shot = run_dir / "report" / R.SCREENSHOT_FILE
     res = R.browser_check(index, shot, window=(1000, 1600), exe=exe)
     assert res["loaded"], "the page's load handler did not run"
     assert res["broken_images"] == 0 and res["images"] == EXPECTED_IMAGES
+    assert res["unlabelled_images"] == 0
     assert set(R.SECTION_ORDER) <= set(res["sections"])
     assert set(res["present"]) == set(built["present"])
+    assert {"Smiling: component 3:1", "component 1:5", "component 2:7", "edit: a.png"} <= set(
+        res["cards"]
+    )
+    assert "mean test accuracy of the SAE k=3 probe over 1 attributes: 0.875" in res["headlines"]
     with Image.open(shot) as im:
         assert im.format == "PNG" and im.size == (1000, 1600)
         assert len(np.unique(np.asarray(im.convert("L")))) > 10  # drawn, not a blank page
 
 
 @pytest.mark.slow
-def test_browser_check_detects_a_broken_image(built: dict, run_dir: Path) -> None:
+def test_browser_check_detects_broken_and_unlabelled_images(built: dict, run_dir: Path) -> None:
     exe = _chromium()
-    page = (run_dir / "report" / "index.html").read_text()
+    page = page_of(run_dir)
     bad = run_dir / "report" / "broken-variant.html"
-    bad.write_text(page.replace("<main>", '<main><img src="images/no-such.png">', 1))
+    good = re.findall(r'<img src="([^"]+)"', page)[0]
+    extra = f'<img src="images/no-such.png"><figure><img src="{good}"></figure>'
+    bad.write_text(page.replace("<main>", "<main>" + extra, 1))
     try:
         res = R.browser_check(bad, exe=exe)
     finally:
         bad.unlink()
-    assert res["loaded"] and res["broken_images"] == 1
+    assert res["loaded"] and res["broken_images"] == 1 and res["unlabelled_images"] == 2
