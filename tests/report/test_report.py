@@ -155,8 +155,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_edit(run / "edit")
     write_stage(run / "edit-hat", "no table here", {"grid.png": (99, 9, 9), BAD_NAME: (1, 1, 1)})
     write_stage(run / "editbench", "| edit | flip rate |\n|---|---|\n| 1 | 0.5 |\n", {})
-    bench = {"summary": {"sae": {"add": {"flip_rate": 0.125}}, "mean_diff": {"add": {"flip_rate": 0.5}}},
-             "attributes": {"X": {"val_sweep": {"sae": [{"flip_rate": 0.99}]}}}}  # fmt: skip
+    summary = {"sae": {"add": {"flip_rate": 0.125}}, "mean_diff": {"add": {"flip_rate": 0.5}}}
+    bench = {"summary": summary, "attributes": {"X": {"val_sweep": {"sae": [{"flip_rate": 0.99}]}}}}
     (run / "editbench" / "editbench.json").write_text(json.dumps(bench))
     rows_png(run / "editbench" / "examples" / "X.png", [(5, 5, 5)] * 3)
     write_stage(run / "interpolate", "Walks.\n", {"walk.png": (1, 2, 3)})
@@ -269,7 +269,7 @@ def test_every_feature_is_one_named_card(built: dict, run_dir: Path) -> None:
     cards = re.findall(r'<article class="card" id="([^"]+)" data-card="([^"]+)"', page)
     names = [n for _, n in cards]
     assert "Smiling: component 3:1" in names
-    assert ["component 1:5", "component 2:7"] == [n for n in names if n.startswith("component")]
+    assert [n for n in names if n.startswith("component")] == ["component 1:5", "component 2:7"]
     assert "edit: a.png" in names and "edit: b.png" in names  # the edit grid, row by row
     assert "features/feature_0001" in names  # a sub-folder of images: a card named after it
     assert "<dt>auroc</dt><dd>0.75</dd>" in page  # with its JSON's scalars as facts
