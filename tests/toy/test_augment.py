@@ -4,8 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hsae.editing.counterfactual import gaussian_window
 from hsae.toy.augment import degrade, gaussian_blur, pixel_noise
+
+
+def gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    """(size, size) float64 Gaussian summing to 1, centred: the reference the blur must match."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
 
 
 def _images(b: int = 4, seed: int = 0) -> torch.Tensor:

@@ -46,7 +46,7 @@ from hsae.sae.selection import (
 )
 from hsae.sae.threshold import codes_as_tokens
 from hsae.utils.jsonable import jsonable
-from hsae.utils.metrics import psnr
+from hsae.utils.metrics import mse, psnr
 from hsae.utils.splits import split_rows
 
 EV_PLOT_FLOOR = -1.0
@@ -268,8 +268,8 @@ def evaluate_run(
 
 # ----- spliced fidelity ---------------------------------------------------------------------------
 def _pix(a: Tensor, b: Tensor, tag: str) -> dict[str, float]:
-    mse = float((a - b.to(a)).pow(2).mean())
-    return {f"mse_{tag}": mse, f"psnr_{tag}": psnr(mse)}
+    err = mse(a, b.to(a))
+    return {f"mse_{tag}": err, f"psnr_{tag}": psnr(err)}
 
 
 def sae_edit(model: BaseSAE, threshold_k: int | None = None) -> Callable[[Tensor], Tensor]:

@@ -14,7 +14,7 @@ import torch
 
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.invert import invert, resume
-from hsae.utils.metrics import psnr
+from hsae.utils.metrics import mse, psnr
 
 
 @torch.no_grad()
@@ -32,8 +32,8 @@ def roundtrip_errors(
         inv = invert(backbone, z0, t=t, steps=steps, prompt=prompt)
         z_rec, _ = resume(backbone, inv.z_t, inv.t_index, inv.grid, prompt=prompt)
         x_rec = backbone.decode(z_rec)
-        mse = float((x_rec - images.to(x_rec)).pow(2).mean())
-        rows.append({"steps": steps, "timestep": inv.timestep, "mse": mse, "psnr_db": psnr(mse)})
+        err = mse(x_rec, images.to(x_rec))
+        rows.append({"steps": steps, "timestep": inv.timestep, "mse": err, "psnr_db": psnr(err)})
     return rows
 
 

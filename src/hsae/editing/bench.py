@@ -95,6 +95,7 @@ from hsae.editing.intervene import (
 from hsae.sae.base import BaseSAE
 from hsae.sae.selection import resolve_threshold_k
 from hsae.utils.jsonable import jsonable
+from hsae.utils.metrics import pixel_change
 from hsae.utils.splits import optional_split_rows
 
 BENCH_FILE, TABLE_FILE, EXAMPLES_DIR = "editbench.json", "table.md", "examples"
@@ -330,21 +331,6 @@ def plan_sweep(pred: Tensor, method: EditMethod) -> tuple[np.ndarray, np.ndarray
     if not idx:
         return np.zeros(0, np.int64), np.zeros(0)
     return np.concatenate(idx).astype(np.int64), np.concatenate(strength)
-
-
-def pixel_change(x_edit: Tensor, x_ref: Tensor, mask: Tensor | None) -> dict[str, np.ndarray]:
-    """Per image mean |Δpixel| in [0, 1] units: whole image, outside and inside `mask`."""
-    diff = ((x_edit - x_ref).abs() / 2).mean(dim=1)  # (B, S, S), channels averaged
-    out = {"change": diff.flatten(1).mean(1).double().numpy()}
-    if mask is None:
-        nan = np.full(len(diff), np.nan)
-        return {**out, "change_outside": nan, "change_inside": nan.copy()}
-    m = mask.to(diff.device).bool()
-    for key, sel in (("change_outside", ~m), ("change_inside", m)):
-        n = sel.flatten(1).sum(1).double()
-        total = (diff * sel).flatten(1).sum(1).double()
-        out[key] = torch.where(n > 0, total / n.clamp_min(1), torch.nan).numpy()
-    return out
 
 
 def chunk_metrics(

@@ -21,9 +21,8 @@ the average image without A moved onto the average with it). For conditional mod
 `--edit-prompt P` adds the paper's text-based baseline: resume with P instead of --prompt, then
 invert the result with P and resume with --prompt.
 
-SSIM is the usual Gaussian-window SSIM (Wang et al. 2004: 11×11, σ = 1.5, K1 = 0.01, K2 = 0.03,
-valid windows only) per RGB channel, averaged, with data range 2 for images in [-1, 1]; the window
-shrinks to the image side for images smaller than 11 pixels.
+SSIM is the usual Gaussian-window SSIM (Wang et al. 2004) from scikit-image, see
+`hsae.utils.metrics`.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
@@ -55,51 +53,7 @@ from hsae.editing.edit import (
 )
 from hsae.editing.intervene import Component, parse_component
 from hsae.sae.base import BaseSAE
-from hsae.utils.metrics import psnr
-
-
-# ----- metrics ----------------------------------------------------------------------------------
-def gaussian_window(size: int, sigma: float) -> Tensor:
-    """(size, size) float64 Gaussian summing to 1, centred."""
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
-
-
-def ssim(
-    a: Tensor, b: Tensor, data_range: float = 2.0, window: int = 11, sigma: float = 1.5
-) -> Tensor:
-    """SSIM per image of two (B, C, H, W) batches (see the module docstring), shape (B,)."""
-    if a.shape != b.shape or a.ndim != 4:
-        raise ValueError(f"ssim needs two (B, C, H, W) batches, got {a.shape} and {b.shape}")
-    size = min(window, a.shape[-1], a.shape[-2])
-    size -= 1 - size % 2  # odd, so the window has a centre
-    c = a.shape[1]
-    w = gaussian_window(size, sigma).expand(c, 1, size, size).contiguous()
-    a, b = a.double(), b.double()
-
-    def blur(x: Tensor) -> Tensor:
-        return F.conv2d(x, w, groups=c)
-
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
-    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
-    return (num / den).flatten(1).mean(dim=1).float()
-
-
-def image_metrics(x: Tensor, y: Tensor) -> dict[str, list[float]]:
-    """Per-image MSE, PSNR (dB, range 2) and SSIM of x against y, both (B, 3, H, W) in [-1, 1]."""
-    mse = (x.float() - y.float()).pow(2).flatten(1).mean(dim=1)
-    return {
-        "mse": [float(v) for v in mse],
-        "psnr_db": [psnr(float(v)) for v in mse],
-        "ssim": [float(v) for v in ssim(x, y)],
-    }
+from hsae.utils.metrics import image_metrics
 
 
 # ----- the experiment ---------------------------------------------------------------------------

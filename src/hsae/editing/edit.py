@@ -57,10 +57,10 @@ from hsae.editing.intervene import (
 )
 from hsae.sae.base import BaseSAE
 from hsae.sae.selection import is_sparse, parse_threshold_k, resolve_threshold_k
+from hsae.utils.metrics import PIXEL_CHANGE_TOL, pixel_metrics
 
 # (h of the edited rows, variant index of each row) → h̃ of those rows.
 RowEdit = Callable[[Tensor, Tensor], Tensor]
-PIXEL_CHANGE_TOL = 0.02  # |Δ| in [-1, 1] units (1% of the range) that counts a pixel as changed
 
 
 # ----- batched resume of several variants of each image --------------------------------------
@@ -436,16 +436,6 @@ def load_images(paths: Sequence[Path], size: int) -> tuple[Tensor, list[str]]:
 # ----- outputs ----------------------------------------------------------------------------------
 def kappa_label(kappa: float) -> str:
     return f"{kappa:g}"
-
-
-def pixel_metrics(a: Tensor, b: Tensor) -> dict[str, float]:
-    """MSE / PSNR / max |Δ| / fraction of pixels changed between two images in [-1, 1]."""
-    from hsae.utils.metrics import psnr
-
-    d = (a.float() - b.float()).abs()
-    mse = float(d.pow(2).mean())
-    changed = float((d.amax(dim=0) > PIXEL_CHANGE_TOL).float().mean())
-    return {"mse": mse, "psnr_db": psnr(mse), "max_abs": float(d.max()), "changed_frac": changed}
 
 
 def heatmaps(diffs: Tensor) -> Tensor:

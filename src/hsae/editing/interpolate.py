@@ -41,6 +41,7 @@ from hsae.diffusion.invert import Inversion, resume
 from hsae.editing.edit import add_setup_arguments, load_images, load_setup, warn_timestep
 from hsae.editing.intervene import decode_tokens, edit_step_count, encode_tokens
 from hsae.sae.base import BaseSAE
+from hsae.utils.metrics import mse
 
 Z_INTERP = ("slerp", "lerp", "a")
 
@@ -128,9 +129,9 @@ def frame_metrics(res: Interpolation, frames: Tensor) -> list[dict[str, float]]:
         rows.append(
             {
                 "s": float(res.s[i]),
-                "mse_to_a": float((f - res.ends[0]).pow(2).mean()),
-                "mse_to_b": float((f - res.ends[1]).pow(2).mean()),
-                "mse_to_prev": float((f - frames[i - 1]).pow(2).mean()) if i else 0.0,
+                "mse_to_a": mse(f, res.ends[0]),
+                "mse_to_b": mse(f, res.ends[1]),
+                "mse_to_prev": mse(f, frames[i - 1]) if i else 0.0,
             }
         )
     return rows
