@@ -125,12 +125,13 @@ def write_edit(folder: Path) -> None:
         "components": ["1:5"],
         "images": [f"/anywhere/{n}" for n in EDIT_ROWS],
         "grid_columns": ["input", "unedited", "kappa=4"],
-        "paths": {"grid": "grid.png"},
+        "paths": {"grid": "grid.png", "images": {"a": {"4": "a_kappa4.png"}}},
         "rows": [{"image": "a", "kappa": 4, "pixel_vs_unedited": {"changed_frac": 0.25,
                                                                    "psnr_db": 30.0}}],
     }  # fmt: skip
     (folder / "edit.json").write_text(json.dumps(doc))
     rows_png(folder / "grid.png", [(9, 9, 9), (99, 99, 99)], w=18)
+    tiny_png(folder / "a_kappa4.png", (9, 9, 9))  # in a row of the grid: not shown again
 
 
 @pytest.fixture(scope="module")
@@ -271,6 +272,7 @@ def test_every_feature_is_one_named_card(built: dict, run_dir: Path) -> None:
     assert "Smiling: component 3:1" in names
     assert [n for n in names if n.startswith("component")] == ["component 1:5", "component 2:7"]
     assert "edit: a.png" in names and "edit: b.png" in names  # the edit grid, row by row
+    assert "a_kappa4.png" not in page  # a file of those rows is not repeated
     assert "features/feature_0001" in names  # a sub-folder of images: a card named after it
     assert "<dt>auroc</dt><dd>0.75</dd>" in page  # with its JSON's scalars as facts
     # the rows of max_activating.png cut in order: each card shows its own colour

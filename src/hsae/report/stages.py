@@ -133,10 +133,17 @@ def folder_blocks(
     blocks = [Block("heading", text=f"{folder.name}/", anchor=f"{section_id}-{folder.name}")]
     blocks = [*(blocks if heading else []), *lead]
     urls = {**{r: f.url for r, f in figs.items()}, **{r: f"#{a}" for r, a in claimed.items()}}
+    inline: set[str] = set()  # images the markdown shows (with its alt text as caption)
+
+    def resolve(rel: str) -> str | None:
+        inline.add(rel)
+        return urls.get(rel)
+
     mds = sorted(folder.glob("*.md"), key=lambda p: (p.name != "table.md", p.name))
     for md in mds:
         text = md.read_text(encoding="utf-8", errors="replace")
-        blocks.append(Block("html", html=Markup(markdown_to_html(text, 2, urls.get))))
+        blocks.append(Block("html", html=Markup(markdown_to_html(text, 2, resolve))))
+    figs = {r: f for r, f in figs.items() if r not in inline}  # not shown twice
     top = [f for r, f in figs.items() if "/" not in r]
     if top:
         blocks.append(Block("gallery", figures=top))

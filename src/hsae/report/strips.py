@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from hsae.report.collect import Collector
+from hsae.report.collect import IMAGE_EXTS, Collector
 from hsae.report.view import Card, sized
 
 
@@ -44,6 +44,15 @@ def _row_names(doc: dict[str, Any], prefix: str) -> list[str]:
     return [Path(str(r)).name for r in rows] if isinstance(rows, list) else []
 
 
+def _listed_images(tree: Any) -> list[str]:
+    """Every image path (a string ending in an image extension) in a JSON tree."""
+    if isinstance(tree, dict):
+        return [p for v in tree.values() for p in _listed_images(v)]
+    if isinstance(tree, list):
+        return [p for v in tree for p in _listed_images(v)]
+    return [tree] if isinstance(tree, str) and tree.lower().endswith(IMAGE_EXTS) else []
+
+
 def labelled_grids(folder: Path, col: Collector, tag: str) -> tuple[list[Card], dict[str, str]]:
     """One card per grid row of every JSON in folder that names its grid's columns.
 
@@ -65,6 +74,7 @@ def labelled_grids(folder: Path, col: Collector, tag: str) -> tuple[list[Card], 
         comps = doc.get("components")
         what = f"components {', '.join(map(str, comps))}" if isinstance(comps, list) else ""
         by_row: dict[int, Card] = {}
+        anchor = f"{tag}-{js.stem}".replace("/", "-")
         prefixes = [k[: -len("_columns")] for k in doc if k.endswith("_columns")]
         for prefix in sorted(prefixes, key=lambda p: (p != "grid", p)):
             columns, names = doc[f"{prefix}_columns"], _row_names(doc, prefix)
@@ -72,7 +82,6 @@ def labelled_grids(folder: Path, col: Collector, tag: str) -> tuple[list[Card], 
             strips = cut_rows(folder / rel, len(names)) if isinstance(columns, list) else None
             if not strips:
                 continue
-            anchor = f"{tag}-{js.stem}".replace("/", "-")
             claimed[rel] = f"{anchor}-0"
             cols = " · ".join(map(str, columns))
             for i, (data, name) in enumerate(zip(strips, names, strict=True)):
@@ -80,5 +89,7 @@ def labelled_grids(folder: Path, col: Collector, tag: str) -> tuple[list[Card], 
                 out = f"images/{tag}/{Path(rel).stem}/row{i:03d}.png"
                 url = col.write(out, data)
                 card.figures.append(sized(url, f"{prefix} of {name}: {cols}", col.out / out))
+        if by_row:  # the per-image files the JSON lists are in those rows: not shown again
+            claimed.update({rel: f"{anchor}-0" for rel in _listed_images(paths)})
         cards += list(by_row.values())
     return cards, claimed
