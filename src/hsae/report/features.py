@@ -19,7 +19,7 @@ from hsae.report.collect import Collector
 from hsae.report.firing import Wanted, describe, firing_maps, map_png
 from hsae.report.stages import read_json_or_none
 from hsae.report.strips import cut_rows
-from hsae.report.view import Block, Card, Figure, Headline, fmt, sized
+from hsae.report.view import Block, Card, Figure, Headline, as_dict, fmt, sized
 
 FEATURES_FILE = "features.json"
 MAP_SHOWN_PX = 120  # the K×K map on the page, beside its strip
@@ -37,13 +37,13 @@ class FeatureCards:
 
 def _components(doc: Mapping[str, Any]) -> tuple[list[dict], list[tuple[str, dict]]]:
     tops = [c for c in doc.get("top_components") or [] if isinstance(c, dict) and "component" in c]
-    attrs = doc.get("attributes") if isinstance(doc.get("attributes"), dict) else {}
+    attrs = as_dict(doc.get("attributes"))
     best = [(n, r["best"]) for n, r in attrs.items() if isinstance(r, dict) and r.get("best")]
     return tops, best
 
 
 def _grid_file(doc: Mapping[str, Any], key: str) -> str:
-    files = doc.get("files") if isinstance(doc.get("files"), dict) else {}
+    files = as_dict(doc.get("files"))
     return str(files.get(key) or GRID_FILES[key])
 
 
@@ -142,7 +142,7 @@ def feature_cards(
     tops, best = _components(doc)
     if not tops and not best:
         return None
-    settings = doc.get("settings") if isinstance(doc.get("settings"), dict) else {}
+    settings = as_dict(doc.get("settings"))
     n_img = int(settings.get("n_images") or 0)
     tag = f"features/{folder.name}"
     top_grid, attr_grid = _grid_file(doc, "top_grid"), _grid_file(doc, "attribute_grid")

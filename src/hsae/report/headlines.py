@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hsae.report.stages import read_json_or_none
-from hsae.report.view import Headline, fmt
+from hsae.report.view import Headline, as_dict, fmt
 
 SPARSE_ARCHITECTURES = ("channel_aware", "flat", "spatial", "topk")
 
@@ -118,8 +118,8 @@ def edits(folders: list[Path]) -> Headline | None:
         rows = doc.get("rows") if isinstance(doc, dict) else None
         comps = ", ".join(str(c) for c in doc.get("components") or []) if rows else ""
         for r in rows or []:
-            pix = r.get("pixel_vs_unedited") if isinstance(r, dict) else None
-            frac = _num(pix.get("changed_frac")) if isinstance(pix, dict) else None
+            pix = as_dict(as_dict(r).get("pixel_vs_unedited"))
+            frac = _num(pix.get("changed_frac"))
             if frac is not None and (best is None or frac > best[0]):
                 psnr = _num(pix.get("psnr_db"))
                 what = f"{comps} at κ={fmt(r.get('kappa'))} on {r.get('image')} ({folder.name}/)"

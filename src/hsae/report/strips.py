@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image
 
 from hsae.report.collect import IMAGE_EXTS, Collector
-from hsae.report.view import Card, sized
+from hsae.report.view import Card, as_dict, sized
 
 
 def cut_rows(png: Path, n_rows: int) -> list[bytes] | None:
@@ -70,7 +70,7 @@ def labelled_grids(folder: Path, col: Collector, tag: str) -> tuple[list[Card], 
             continue
         if not isinstance(doc, dict):
             continue
-        paths = doc.get("paths") if isinstance(doc.get("paths"), dict) else {}
+        paths = as_dict(doc.get("paths"))
         comps = doc.get("components")
         what = f"components {', '.join(map(str, comps))}" if isinstance(comps, list) else ""
         by_row: dict[int, Card] = {}

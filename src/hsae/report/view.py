@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from markupsafe import Markup
 
@@ -90,6 +91,11 @@ class Section:
     n_images: int = 0
     hint: str = ""  # the command that produces it, shown when it has not run
     not_run: str = "not run"
+
+
+def as_dict(v: object) -> dict[str, Any]:
+    """v if it is a JSON object, else an empty one (for reading schemas that may change)."""
+    return v if isinstance(v, dict) else {}
 
 
 def fmt(v: object, spec: str = ".4g") -> str:
