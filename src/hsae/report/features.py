@@ -11,7 +11,7 @@ features.json falls back to the generic folder rendering.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ class FeatureCards:
     headline: Headline | None
     claimed: dict[str, str]  # grid files shown as cards → the anchor of their cards
     n_images: int
-    notes: list[str] = field(default_factory=list)
 
 
 def _components(doc: Mapping[str, Any]) -> tuple[list[dict], list[tuple[str, dict]]]:
@@ -93,7 +92,7 @@ def _top_values(c: Mapping[str, Any]) -> str:
     return ", ".join(f"{v:.3g}" for v in vals[:8])
 
 
-def _attribute_card(name: str, b: dict, figs: list[Figure | None], note: str) -> Card:
+def _attribute_card(name: str, b: dict, figs: list[Figure | None]) -> Card:
     sign = "+" if b.get("sign", 1) > 0 else "−"
     facts = [
         ("flat index k", fmt(b.get("flat_index"))),
@@ -110,11 +109,10 @@ def _attribute_card(name: str, b: dict, figs: list[Figure | None], note: str) ->
         f"sign {sign}: fires {'more' if sign == '+' else 'less'} when {name} is present",
         facts,
         [f for f in figs if f is not None],
-        note,
     )
 
 
-def _top_card(c: dict, figs: list[Figure | None], note: str, rank_by: str) -> Card:
+def _top_card(c: dict, figs: list[Figure | None], rank_by: str) -> Card:
     facts = [
         ("flat index k", fmt(c.get("flat_index"))),
         ("mean activation", fmt(c.get("mean"), ".3g")),
@@ -126,7 +124,7 @@ def _top_card(c: dict, figs: list[Figure | None], note: str, rank_by: str) -> Ca
     title = f"component {c['component']}"
     sub = f"rank {c.get('rank', '?')} by {rank_by}"
     return Card(title, f"features-top-{c['component']}", sub, facts,
-                [f for f in figs if f is not None], note)  # fmt: skip
+                [f for f in figs if f is not None])  # fmt: skip
 
 
 def feature_cards(
@@ -143,54 +141,65 @@ def feature_cards(
     if not tops and not best:
         return None
     settings = as_dict(doc.get("settings"))
-    n_img = int(settings.get("n_images") or 0)
-    tag = f"features/{folder.name}"
-    top_grid, attr_grid = _grid_file(doc, "top_grid"), _grid_file(doc, "attribute_grid")
+    rank_by, tag = str(settings.get("rank_by", "mean")), f"features/{folder.name}"
+    grids = {key: _grid_file(doc, key) for key in GRID_FILES}
+    strips = _all_strips(folder, grids, tops, best, int(settings.get("n_images") or 0), col, tag)
+    comps = [b for _, b in best] + tops
+    maps, map_note = _all_maps(run, comps, col, tag)
+    edits = edits or {}
 
-    def strip_label(c: Mapping[str, Any], what: str) -> str:
+    def figs(i: int, c: dict) -> list[Figure | None]:
+        return [strips[i], maps[i], *edits.get(str(c["component"]), [])]
+
+    attr_cards = [_attribute_card(n, b, figs(i, b)) for i, (n, b) in enumerate(best)]
+    top_cards = [_top_card(c, figs(len(best) + i, c), rank_by) for i, c in enumerate(tops)]
+    blocks = [Block("text", text=map_note, css="not-run")] if map_note else []
+    claimed = {}
+    for key, anchor, cards, title in (
+        ("attribute_grid", "features-attr", attr_cards, "Best component per attribute"),
+        ("top_grid", "features-top", top_cards, f"Top {len(top_cards)} components by {rank_by}"),
+    ):
+        if cards:
+            blocks += [Block("heading", text=title, anchor=anchor), Block("cards", cards=cards)]
+            if cards[0].figures and strips[(0 if key == "attribute_grid" else len(best))]:
+                claimed[grids[key]] = anchor  # cut into the cards: not shown whole again
+    n_shown = sum(len(c.figures) for c in attr_cards + top_cards)
+    return FeatureCards(blocks, features_headline(best), claimed, n_shown)
+
+
+def _all_strips(
+    folder: Path,
+    grids: Mapping[str, str],
+    tops: Sequence[dict],
+    best: Sequence[tuple[str, dict]],
+    n_img: int,
+    col: Collector,
+    tag: str,
+) -> list[Figure | None]:
+    """The grid rows of the attribute cards, then of the top-component cards."""
+
+    def label(c: Mapping[str, Any], what: str) -> str:
         n = len(c.get("top_rows") or [])
         return f"{what}: max-activating, {n} of {n_img} images, best first"
 
-    top_strips = _strips(
-        folder, top_grid, [strip_label(c, f"component {c['component']}") for c in tops], col, tag
+    attr = [label(b, f"{n}: component {b['component']}") for n, b in best]
+    top = [label(c, f"component {c['component']}") for c in tops]
+    return _strips(folder, grids["attribute_grid"], attr, col, tag) + _strips(
+        folder, grids["top_grid"], top, col, tag
     )
-    attr_strips = _strips(
-        folder, attr_grid, [strip_label(b, f"{n}: component {b['component']}") for n, b in best],
-        col, tag,
-    )  # fmt: skip
-    all_comps = [b for _, b in best] + tops
-    n_map = max((len(c.get("top_rows") or []) for c in all_comps), default=0)
-    maps, map_note = _maps(run, all_comps, n_map)
-    map_figs = [
+
+
+def _all_maps(
+    run: Path, comps: Sequence[dict], col: Collector, tag: str
+) -> tuple[list[Figure | None], str]:
+    """The K×K map figure of each component (None each, with the reason, when not computable)."""
+    n_map = max((len(c.get("top_rows") or []) for c in comps), default=0)
+    maps, note = _maps(run, comps, n_map)
+    figs = [
         _map_figure(m, str(c["component"]), min(n_map, len(c.get("top_rows") or [])), col, tag, i)
-        for i, (m, c) in enumerate(zip(maps, all_comps, strict=True))
+        for i, (m, c) in enumerate(zip(maps, comps, strict=True))
     ]
-    edits = edits or {}
-    attr_cards = [
-        _attribute_card(n, b, [attr_strips[i], map_figs[i], *edits.get(str(b["component"]), [])],
-                        map_note)
-        for i, (n, b) in enumerate(best)
-    ]  # fmt: skip
-    top_cards = [
-        _top_card(c, [top_strips[i], map_figs[len(best) + i], *edits.get(str(c["component"]), [])],
-                  map_note, str(settings.get("rank_by", "mean")))
-        for i, c in enumerate(tops)
-    ]  # fmt: skip
-    blocks: list[Block] = []
-    if attr_cards:
-        blocks += [Block("heading", text="Best component per attribute", anchor="features-attr"),
-                   Block("cards", cards=attr_cards)]  # fmt: skip
-    if top_cards:
-        blocks += [Block("heading", text=f"Top {len(top_cards)} components by "
-                         f"{settings.get('rank_by', 'mean')}", anchor="features-top"),
-                   Block("cards", cards=top_cards)]  # fmt: skip
-    claimed = {}
-    if attr_cards and attr_strips[0] is not None:
-        claimed[attr_grid] = "features-attr"
-    if top_cards and top_strips[0] is not None:
-        claimed[top_grid] = "features-top"
-    n_shown = sum(len(c.figures) for c in attr_cards + top_cards)
-    return FeatureCards(blocks, features_headline(best), claimed, n_shown)
+    return figs, note
 
 
 def features_headline(best: Sequence[tuple[str, dict]]) -> Headline | None:
