@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
 def test_cli_md_matches_the_parsers(load_script) -> None:
