@@ -50,15 +50,15 @@ bench: $(STAMP)
 SHIFTED := data/toyfaces-shifted
 N_OOD := 384
 
-# Paper Table 2 on the toy model (README "Reconstruction"): ~1 h on 2 cores, resumable.
+# Paper Table 2 on the toy model (docs/results.md, "Reconstruction"): ~1 h on 2 cores, resumable.
 table2: $(STAMP)
 	test -d data/toyfaces || $(VENV)/bin/hsae data toyfaces --n 20000 --out data/toyfaces
 	$(PY) scripts/table2.py --data data/toyfaces --ood-data $(SHIFTED) --n-ood $(N_OOD) --out runs/table2
 
-# Every model-dependent figure of the README "Measured on the toy model", in README order, after a
-# change of the toy model or data (~3 h on 2 cores). Each command is the one the README names;
-# stores made with other weights are refused with a message naming them (delete and re-run), and
-# Table 2 resumes where it stopped. Outputs: runs/figures/ and the folders the README names.
+# Every model-dependent figure of docs/results.md, in its order, after a change of the toy model
+# or data (~3 h on 2 cores). Each command is the one docs/results.md names; stores made with
+# other weights are refused with a message naming them (delete and re-run), and Table 2 resumes
+# where it stopped. Outputs: runs/figures/ and the folders docs/results.md names.
 # figures-toy (~35 min idle): the model, classifier, round trip, extraction benchmark and demo;
 # figures-sae (~2 h): Table 2, the larger probes and edit benchmark.
 BENCH := data/toyfaces-bench

@@ -2,12 +2,12 @@
 
     .venv/bin/python benchmarks/bench_sae.py --repeats 5 --steps 10 --json sae_bench.json
 
-With the peers, from a throwaway venv that has them beside torch (the project's deps stay clean):
+With the peers, from a separate venv that has them beside torch (the project's deps stay clean):
 
-    python3 -m venv /tmp/peervenv && /tmp/peervenv/bin/pip install torch==2.13.0 safetensors \
+    python3 -m venv .venv-peers && .venv-peers/bin/pip install torch==2.13.0 safetensors \
         sae-lens einops scipy scikit-learn pillow tqdm
-    /tmp/peervenv/bin/pip install --no-deps overcomplete   # it declares torchvision + timm
-    PYTHONPATH=src /tmp/peervenv/bin/python benchmarks/bench_sae.py
+    .venv-peers/bin/pip install --no-deps overcomplete   # it declares torchvision + timm
+    PYTHONPATH=src .venv-peers/bin/python benchmarks/bench_sae.py
 
 Contenders, each a full training step (forward, loss, backward, Adam step) on 8192 tokens of
 66 values (K=8: 64 values + 2 ζ context dims) into L=512 latents:
@@ -22,8 +22,8 @@ Contenders, each a full training step (forward, loss, backward, Adam step) on 81
   + b_d -> drop the 2 context dims -> per-token summed MSE + λ L1, Adam.
 - peers, when importable: overcomplete's ``SAE`` (linear encoder, L2-normalised dictionary,
   ``mse_l1``) and SAELens's ``StandardTrainingSAE`` (``training_forward_pass``), both at 66 -> 512.
-  A peer that is not installed is skipped with a note; see the report for how to install them in a
-  throwaway venv (overcomplete declares torchvision and timm, which this project never installs, so
+  A peer that is not installed is skipped with a note; see above for how to install them in a
+  separate venv (overcomplete declares torchvision and timm, which this project never installs, so
   only its torch-only ``overcomplete.sae`` sub-package is loaded, without the package __init__).
 
 Ceilings timed in the same run: the six dense matmuls of one step at exactly this shape (forward

@@ -6,9 +6,9 @@ Trains on partition 0 with Adam, a cosine learning rate and label-preserving aug
 random shifts of up to --shift px with edge replication, horizontal flips (every toyfaces
 attribute is left-right symmetric), and, on a random --degrade-p of the images, a Gaussian blur
 of sigma up to --blur px and pixel noise of std up to --noise (of 255). The classifier judges
-DDPM samples, which are slightly softer than the renders; trained without it, the classifier lost
-half of its Smiling and Heavy_Eyebrows verdicts under a 0.7 px blur
-(scripts/classifier_robustness.py).
+DDPM samples, which are slightly softer than the renders; trained on clean renders alone, a
+classifier misreads thin details (smiles, heavy brows) under a 0.7 px blur, which
+scripts/classifier_robustness.py measures.
 Keeps the epoch with the best mean validation balanced accuracy and writes model.safetensors,
 cfg.json, metrics.json and train_log.txt into --out; the test metrics are measured on clean
 test images and again after a 0.7 px blur.

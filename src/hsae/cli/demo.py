@@ -24,8 +24,8 @@ from hsae.diffusion.sampling import ddim_samples
 from hsae.utils.io import atomic_write_json, read_json
 from hsae.utils.viz import save_grid
 
-# The toy model's single-step h edits barely reach the pixels (see README, "Edits"): edits in the
-# demo act on every resumed step, the intervention window this project adds to Algorithm 2.
+# The toy model's single-step h edits barely reach the pixels (docs/results.md, "Editing"): edits
+# in the demo act on every resumed step, the intervention window this project adds to Algorithm 2.
 EDIT_ATTRIBUTES = ("Eyeglasses", "Wearing_Hat", "Blond_Hair")
 
 

@@ -5,8 +5,8 @@ nuisance: position, scale, colours. Each candidate is re-rendered with every com
 group's attributes (its other attributes kept), and the combination whose render is closest to the
 image inside the group's region (`attribute_region_mask`, the image shifted by up to 1 px) is the
 verdict for the group. It has no weights that could learn a shortcut (a thin brow is judged thin
-only if a thin-brow render matches better), but it assumes sharp drawings: on renders blurred by
-0.7 px it calls about 11 points too many eyes closed (README, "Toy DDPM").
+only if a thin-brow render matches better), but it assumes sharp drawings: on blurred renders it
+calls too many eyes closed and too few heavy brows (docs/results.md, "The toy model").
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ and denoised back by the model; a classifier then reads each attribute again. Pe
 
 A perfect model keeps the implied frequency at p for every t (its reverse process preserves the
 data's marginals); the t at which it departs from p is where the model's drawing of that
-attribute goes wrong. On toyfaces v1 this showed closed eyes being redrawn open between
-t = 0.2 and 0.5 T, which no sampler setting or fine-tune changed (README, "Toy DDPM").
+attribute goes wrong. The sample check only says *that* a drawing fails; this says at which t,
+which is how the sizes of the toyfaces eyes and mouths were chosen (docs/design.md).
 """
 
 from __future__ import annotations

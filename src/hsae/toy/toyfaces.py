@@ -18,9 +18,8 @@ from PIL import Image, ImageDraw
 
 from hsae.utils.io import atomic_write_text
 
-# Bumped whenever drawing changes, so re-running `hsae data toyfaces` into an old folder redraws
-# every image instead of keeping ones that no longer match the generator (2: larger eyes; 3: larger
-# mouths; 4: dark lips and a chin beard).
+# Bumped whenever the drawing changes, so re-running `hsae data toyfaces` into an old folder
+# redraws every image instead of keeping ones that no longer match the generator.
 GENERATOR_VERSION = 4
 
 ATTRIBUTES: tuple[str, ...] = (
@@ -171,8 +170,8 @@ def render_face(attrs: dict[str, bool], nuis: dict[str, float], cfg: ToyFacesCon
     d.ellipse(box(-fw - 0.05, -0.42, fw + 0.05, 0.25), fill=hair)  # hair mass behind the head
     d.ellipse(box(-fw, -0.36, fw, 0.40), fill=skin)
     if attrs["Beard"]:
-        # A chin beard below the mouth: over a dark beard the lips vanished and the toy DDPM
-        # confused mouths there (version 3).
+        # A chin beard below the mouth: a beard over the lower lip hides the lips, and the toy
+        # DDPM then confuses the mouths there.
         d.chord(box(-fw, -0.2, fw, 0.40), 40, 140, fill=hair)
     if attrs["Bangs"]:
         d.chord(box(-fw + 0.02, -0.40, fw - 0.02, -0.02), 180, 360, fill=hair)
@@ -188,8 +187,8 @@ def render_face(attrs: dict[str, bool], nuis: dict[str, float], cfg: ToyFacesCon
 def _draw_eyes(
     d: ImageDraw.ImageDraw, box, attrs: dict[str, bool], nuis: dict[str, float], s: int
 ) -> None:
-    # Eyes are ~5 px wide at 32 px: at 3-4 px the toy DDPM redrew a third of closed eyes as open
-    # (a 1 px lid line and a 2 px pupil put the same ink in the same place once noised).
+    # Eyes are ~5 px wide at 32 px: at 3-4 px the toy DDPM redraws closed eyes as open (a 1 px lid
+    # line and a 2 px pupil put the same ink in the same place once noised).
     g = nuis["eye_gap"]
     ink = (25, 20, 20)
     for ex in (-g, g):
@@ -209,9 +208,8 @@ def _draw_eyes(
 
 
 def _draw_mouth(d: ImageDraw.ImageDraw, box, attrs: dict[str, bool], s: int) -> None:
-    # Mouths are ~8 px wide at 32 px and dark: the toy DDPM lost a third of 7 px smiles dipping
-    # 1.5 px by t = 0.3 T (version 2), and at 8 px still a quarter of those on tanned skin, whose
-    # colour the red lips (170, 40, 50) nearly shared (version 3).
+    # Mouths are ~8 px wide at 32 px and dark: the toy DDPM loses narrower smiles (a 1.5 px dip)
+    # by t = 0.3 T, and red lips close to the colour of tanned skin (attribute survival).
     ink, lips = (40, 10, 10), (100, 5, 25)
     if attrs["Mouth_Slightly_Open"] and attrs["Smiling"]:
         d.chord(box(-0.16, 0.04, 0.16, 0.3), 0, 180, fill=ink, outline=lips, width=_lw(4, s))
