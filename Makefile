@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install chromium demo test test-fast lint bench table2 figures figures-toy figures-sae retrain-toy \
+.PHONY: install chromium demo docs test test-fast lint bench table2 figures figures-toy figures-sae retrain-toy \
   retrain-classifier clean
 
 $(STAMP): pyproject.toml
@@ -106,6 +106,10 @@ retrain-toy: $(STAMP)
 retrain-classifier: $(STAMP)
 	$(VENV)/bin/hsae data toyfaces --n 20000 --out data/toyfaces
 	$(PY) scripts/train_classifier.py --data data/toyfaces --out src/hsae/assets/toy-classifier
+
+# docs/cli.md is generated from the parsers (tests/cli/test_cli_docs.py fails when it is stale).
+docs: $(STAMP)
+	$(PY) scripts/gen_cli_docs.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
