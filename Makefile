@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install chromium demo docs test test-fast lint bench table2 figures figures-toy figures-sae retrain-toy \
-  retrain-classifier clean
+.PHONY: install chromium demo docs test test-fast lint bench table2 figures figures-toy \
+  figures-sae retrain-toy check-toy-card retrain-classifier clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,16 +49,21 @@ bench: $(STAMP)
 # The shifted-nuisance faces: made by figures-toy (classifier OOD) or table2, whichever runs first.
 SHIFTED := data/toyfaces-shifted
 N_OOD := 384
+# The committed toy model, and the sample check that is its card (figures-toy re-runs it into runs/).
+TOY := src/hsae/assets/toy-ddpm
+TOY_CHECK := --data data/toyfaces --n 1000 --batch 250 --eta 1 --render-judge
 
 # Paper Table 2 on the toy model (docs/results.md, "Reconstruction"): ~1 h on 2 cores, resumable.
 table2: $(STAMP)
 	test -d data/toyfaces || $(VENV)/bin/hsae data toyfaces --n 20000 --out data/toyfaces
-	$(PY) scripts/table2.py --data data/toyfaces --ood-data $(SHIFTED) --n-ood $(N_OOD) --out runs/table2
+	$(VENV)/bin/hsae table2 --data data/toyfaces --ood-data $(SHIFTED) --n-ood $(N_OOD) \
+	  --out runs/table2
 
 # Every model-dependent figure of docs/results.md, in its order, after a change of the toy model
 # or data (~3 h on 2 cores). Each command is the one docs/results.md names; stores made with
 # other weights are refused with a message naming them (delete and re-run), and Table 2 resumes
-# where it stopped. Outputs: runs/figures/ and the folders docs/results.md names.
+# where it stopped. Outputs: runs/figures/ and the folders docs/results.md names; nothing is
+# written into the package (the model's own card is `make check-toy-card`).
 # figures-toy (~35 min idle): the model, classifier, round trip, extraction benchmark and demo;
 # figures-sae (~2 h): Table 2, the larger probes and edit benchmark.
 BENCH := data/toyfaces-bench
@@ -70,18 +75,17 @@ figures-toy: $(STAMP)
 	mkdir -p runs/figures
 	$(VENV)/bin/hsae roundtrip --data data/toyfaces --model toy --n 32 --steps 10 25 50 100 \
 	  --split test --json runs/figures/roundtrip.json
-	$(PY) scripts/classifier_robustness.py --data data/toyfaces --n 2000 \
+	$(VENV)/bin/hsae toy robustness --data data/toyfaces --n 2000 \
 	  > runs/figures/classifier-robustness.md
 	test -d $(SHIFTED) || $(VENV)/bin/hsae data toyfaces --shifted --n $(N_OOD) --out $(SHIFTED)
-	$(PY) scripts/classifier_robustness.py --data $(SHIFTED) --split all \
+	$(VENV)/bin/hsae toy robustness --data $(SHIFTED) --split all \
 	  > runs/figures/classifier-ood.md
-	$(PY) scripts/check_toy_model.py --data data/toyfaces --n 1000 --batch 250 --eta 1 \
-	  --render-judge --out src/hsae/assets/toy-ddpm
-	for a in Eyes_Closed Smiling; do $(PY) scripts/attribute_survival.py --data data/toyfaces \
+	$(VENV)/bin/hsae toy check $(TOY_CHECK) --out runs/figures/toy-check
+	for a in Eyes_Closed Smiling; do $(VENV)/bin/hsae toy survival --data data/toyfaces \
 	  --attribute $$a --n 100 --t 0.1 0.3 0.5 0.7 1.0 --by Pale_Skin \
 	  --json runs/figures/survival-$$a.json; done
-	$(PY) scripts/render_judge.py --validate 1000 --json runs/figures/render-judge.json
-	$(PY) scripts/render_judge.py --validate 1000 --blur 0.7 \
+	$(VENV)/bin/hsae toy render-judge --validate 1000 --json runs/figures/render-judge.json
+	$(VENV)/bin/hsae toy render-judge --validate 1000 --blur 0.7 \
 	  --json runs/figures/render-judge-blur.json
 	$(VENV)/bin/hsae demo --out runs/demo
 	$(PY) benchmarks/bench_extract.py --n 32 --batch 16 --steps 50 --repeats 3 \
@@ -98,14 +102,23 @@ figures-sae: table2
 	  --kappas 0 5 25 100 400 --scales 1 2 4 --edit-steps all --out $(K1)/editbench
 
 # The embedded toy model and classifier: the exact commands that produced the committed weights.
+# retrain-toy (~100 min on 2 idle cores, resumable: re-run it after a stop) ends with
+# check-toy-card, which judges the new weights (~25 min) and writes the model's card next to them:
+# src/hsae/assets/toy-ddpm/sample_check.json + samples.png. tests/test_toy_check.py fails until
+# the card's weights fingerprint is that of the committed weights and its check passed.
 retrain-toy: $(STAMP)
 	$(VENV)/bin/hsae data toyfaces --n 20000 --out data/toyfaces
-	$(PY) scripts/train_toy_ddpm.py --data data/toyfaces --out src/hsae/assets/toy-ddpm \
+	$(VENV)/bin/hsae toy train-ddpm --data data/toyfaces --out $(TOY) \
 	  --steps 3500 --prediction-type v_prediction
+	$(MAKE) check-toy-card
+
+check-toy-card: $(STAMP)
+	test -d data/toyfaces || $(VENV)/bin/hsae data toyfaces --n 20000 --out data/toyfaces
+	$(VENV)/bin/hsae toy check $(TOY_CHECK) --out $(TOY)
 
 retrain-classifier: $(STAMP)
 	$(VENV)/bin/hsae data toyfaces --n 20000 --out data/toyfaces
-	$(PY) scripts/train_classifier.py --data data/toyfaces --out src/hsae/assets/toy-classifier
+	$(VENV)/bin/hsae toy train-classifier --data data/toyfaces --out src/hsae/assets/toy-classifier
 
 # docs/cli.md is generated from the parsers (tests/cli/test_cli_docs.py fails when it is stale).
 docs: $(STAMP)

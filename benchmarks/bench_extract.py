@@ -10,13 +10,12 @@ median seconds per image are reported, wall-clock and process CPU time (steadier
 is shared), with the ratio extract/bare for each (target <= 1.05).
 
 The model is the bundled toy DDPM when src/hsae/assets/toy-ddpm exists, else a random-init
-UNet2DModel with scripts/train_toy_ddpm.py's UNET_CONFIG (same cost; weights do not matter).
+UNet2DModel with hsae.toy.ddpm_training's UNET_CONFIG (same cost; weights do not matter).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
 import shutil
@@ -35,21 +34,18 @@ from hsae.diffusion.backbone import DiffusionBackbone, toy_model_path
 from hsae.diffusion.invert import ddim_grid
 from hsae.toy.toyfaces import write_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 CLOCKS = ("wall", "cpu")
 
 
 def random_toy_backbone() -> DiffusionBackbone:
     """Random-init U-Net with the toy DDPM's architecture and scheduler."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import UNet2DModel
 
-    spec = importlib.util.spec_from_file_location("train_toy", ROOT / "scripts/train_toy_ddpm.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from hsae.toy.ddpm_training import UNET_CONFIG, build_scheduler
+
     torch.manual_seed(0)
-    unet = UNet2DModel(**mod.UNET_CONFIG)
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    unet = UNet2DModel(**UNET_CONFIG)
+    sched = build_scheduler("epsilon")
     return DiffusionBackbone(unet, dict(sched.config), model_id="random-toy-architecture")
 
 

@@ -22,7 +22,9 @@ COMMAND_MODULES = (
     "hsae.editing.counterfactual",
     "hsae.editing.interpolate",
     "hsae.cli.probe",
+    "hsae.cli.table2",
     "hsae.report.build",
+    "hsae.cli.toy",
 )
 
 

@@ -1,6 +1,6 @@
 """Label-preserving image degradations: the mild blur and pixel noise that separate DDPM samples
-from the renders they learned. The classifier trains on them (scripts/train_classifier.py) and
-scripts/classifier_robustness.py measures how its verdicts move under them."""
+from the renders they learned. The classifier trains on them (`hsae toy train-classifier`) and
+`hsae toy robustness` measures how its verdicts move under them."""
 
 from __future__ import annotations
 

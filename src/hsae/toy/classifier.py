@@ -4,7 +4,7 @@ A small CNN (conv-BN-ReLU blocks, stride-2 downsampling, global average pool, on
 attribute) on images in [-1, 1]. Weights live in a folder holding `cfg.json` and
 `model.safetensors`; the committed one is `src/hsae/assets/toy-classifier`, retrained with
 
-    python scripts/train_classifier.py --data data/toyfaces --out src/hsae/assets/toy-classifier
+    hsae toy train-classifier --data data/toyfaces --out src/hsae/assets/toy-classifier
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from hsae.utils.io import atomic_write_bytes, atomic_write_json, read_json
 CONFIG_NAME = "cfg.json"
 WEIGHTS_NAME = "model.safetensors"
 DEFAULT_DIR = Path(__file__).parents[1] / "assets" / "toy-classifier"
-RETRAIN_CMD = (
-    "python scripts/train_classifier.py --data data/toyfaces --out src/hsae/assets/toy-classifier"
-)
+RETRAIN_CMD = "hsae toy train-classifier --data data/toyfaces --out src/hsae/assets/toy-classifier"
 
 
 @dataclass

@@ -12,6 +12,7 @@ calls too many eyes closed and too few heavy brows (docs/results.md, "The toy mo
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,3 +106,31 @@ def judge(
             for a, v in judge_group(img, seed, neighbours, group).items():
                 out[i, ATTRIBUTES.index(a)] = v
     return out
+
+
+def validate(
+    bank: np.ndarray, seed: int, n: int, blur: float = 0.0, k: int = 5
+) -> dict[str, dict[str, float]]:
+    """The judge on the `n` renders after the bank (held out), blurred by `blur` px: its accuracy,
+    the true frequencies and the judged ones, per attribute."""
+    from hsae.toy.augment import gaussian_blur
+
+    if n < 1 or blur < 0:
+        raise ValueError(f"--validate {n} must be >= 1 and --blur {blur} >= 0")
+    idx = range(len(bank), len(bank) + n)
+    truth = np.array([[generate(seed, i).attributes[a] for a in ATTRIBUTES] for i in idx])
+    chw = torch.from_numpy(np.stack([render(seed, i) for i in idx])).permute(0, 3, 1, 2)
+    pred = judge(gaussian_blur(chw, blur).permute(0, 2, 3, 1).numpy(), bank, seed, k)
+    return {
+        "accuracy": dict(zip(ATTRIBUTES, (pred == truth).mean(0).tolist(), strict=True)),
+        "truth": dict(zip(ATTRIBUTES, truth.mean(0).tolist(), strict=True)),
+        "frequency": dict(zip(ATTRIBUTES, pred.mean(0).tolist(), strict=True)),
+    }
+
+
+def load_images(path: Path) -> np.ndarray:
+    """A torch file of (N, 3, H, W) images, uint8 or float in [-1, 1], as `judge` input."""
+    x = torch.load(path, map_location="cpu")
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"{path}: expected a tensor of images (N, 3, H, W)")
+    return as_judge_input(x)

@@ -63,7 +63,7 @@ def renoise_denoise(
 
 
 def _as_uint8(images: torch.Tensor) -> torch.Tensor:
-    # Judge what a saved image would hold, as check_toy_model.py does.
+    # Judge what a saved image would hold, as the model check (toy.model_check) does.
     return ((images.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -163,4 +163,24 @@ def balanced_subset(labels: torch.Tensor, column: int, n: int) -> torch.Tensor:
     return torch.cat([present, absent])
 
 
-__all__ = ["SurvivalRow", "attribute_survival", "balanced_subset", "renoise_denoise"]
+def format_table(rows: list[SurvivalRow], attribute: str) -> str:
+    """`attribute`'s rows, one per t and subset: kept, gained, implied and data frequency."""
+    head = f"{'t':>5} {'timestep':>8} {'kept':>6} {'gained':>6} {'implied':>7} {'data':>6}"
+    lines = [f"{head}  {'images (present / absent)'}"]
+    for r in rows:
+        if r.attribute == attribute:
+            lines.append(
+                f"{r.t_frac:5.2f} {r.timestep:8d} {r.kept:6.3f} {r.gained:6.3f} "
+                f"{r.implied_frequency:7.3f} {r.data_frequency:6.3f}  "
+                f"{r.subset} ({r.n_present} / {r.n_absent})"
+            )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "SurvivalRow",
+    "attribute_survival",
+    "balanced_subset",
+    "format_table",
+    "renoise_denoise",
+]
