@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hsae.cli import main
 from hsae.toy.classifier import AttributeClassifier, ClassifierConfig
 from hsae.toy.survival import _rows, attribute_survival, balanced_subset
 from hsae.toy.toyfaces import write_dataset
@@ -87,14 +88,13 @@ def test_attribute_survival_rejects_mismatched_inputs(make_oracle_backbone) -> N
         attribute_survival(backbone, clf, images, labels, {"A": 0.3, "B": 0.6}, [0.5], by="C")
 
 
-def test_script_runs_on_a_tiny_model(
-    tmp_path: Path, pixel_pipeline_dir, capsys, load_script
-) -> None:
+def test_command_runs_on_a_tiny_model(tmp_path: Path, pixel_pipeline_dir, capsys) -> None:
     data = write_dataset(tmp_path / "faces", n=40, seed=0, progress=False)
     torch.manual_seed(0)
     clf_dir = AttributeClassifier(ClassifierConfig(channels=(4,))).save(tmp_path / "clf")
     out = tmp_path / "s.json"
-    argv = ["--data", str(data), "--attribute", "Eyes_Closed", "--model", str(pixel_pipeline_dir)]
+    argv = ["toy", "survival", "--data", str(data), "--attribute", "Eyes_Closed"]
+    argv += ["--model", str(pixel_pipeline_dir)]
     argv += [
         "--classifier",
         str(clf_dir),
@@ -109,17 +109,33 @@ def test_script_runs_on_a_tiny_model(
         "--json",
         str(out),
     ]
-    assert load_script("attribute_survival").main(argv) == 0
+    assert main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 33 and {r["t_frac"] for r in rows} == {0.2}
     assert {r["subset"] for r in rows} == {"all", "Pale_Skin=1", "Pale_Skin=0"}
-    assert "Eyes_Closed" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert (
+        out_text.startswith("Eyes_Closed: ") and f"images, model {pixel_pipeline_dir}" in out_text
+    )
+    table = [ln for ln in out_text.splitlines() if ln.lstrip().startswith("0.20")]
+    assert len(table) == 3 and {ln.split()[-4] for ln in table} == {
+        "all",
+        "Pale_Skin=1",
+        "Pale_Skin=0",
+    }
 
 
-def test_script_names_an_unknown_attribute(tmp_path: Path, load_script) -> None:
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--attribute", "Eyes_Shut"], "--attribute 'Eyes_Shut' is not one of the classifier's"),
+        (["--attribute", "Smiling", "--by", "Pale_Skn"], "--by 'Pale_Skn' is not one of"),
+        (["--attribute", "Smiling", "--n", "0"], "--n must be >= 1, got 0"),
+        (["--attribute", "Smiling", "--t", "0.5", "1.5"], "--t values must be fractions of T"),
+    ],
+)
+def test_command_names_a_bad_flag(tmp_path: Path, capsys, flags: list[str], message: str) -> None:
     data = write_dataset(tmp_path / "faces", n=10, seed=0, progress=False)
-    with pytest.raises(SystemExit, match="Eyes_Shut"):
-        load_script("attribute_survival").main(["--data", str(data), "--attribute", "Eyes_Shut"])
-    argv = ["--data", str(data), "--attribute", "Smiling", "--by", "Pale_Skn"]
-    with pytest.raises(SystemExit, match="--by 'Pale_Skn'"):
-        load_script("attribute_survival").main(argv)
+    assert main(["toy", "survival", "--data", str(data), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

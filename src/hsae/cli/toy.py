@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,19 @@ _NOT_SETTINGS = ("command", "toy_command")
 
 def _settings(args: argparse.Namespace) -> dict[str, str]:
     return {k: str(v) for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that repeats this run, every setting spelled out (defaults included), so
+    a recorded command stays exact when defaults change or the CLI is called from Python."""
+    words = ["hsae", args.command, args.toy_command]
+    for dest, value in vars(args).items():
+        if dest in _NOT_SETTINGS or value is None or value is False:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        values = value if isinstance(value, list) else [] if value is True else [value]
+        words += [flag, *map(str, values)]
+    return shlex.join(words)
 
 
 def _classifier(path: Path | None):  # -> AttributeClassifier (import kept lazy for --help)
@@ -137,7 +149,7 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
         degrade_p=args.degrade_p,
         seed=args.seed,
     )
-    train_classifier(args.data, args.out, cfg, shlex.join(sys.argv), args.threads)
+    train_classifier(args.data, args.out, cfg, _command(args), args.threads)
     return 0
 
 
@@ -186,7 +198,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     provenance["classifier"] = str(args.classifier or "committed (src/hsae/assets/toy-classifier)")
     seed = args.toyfaces_seed if args.render_judge else None
     result = mc.check_samples(x, data, _classifier(args.classifier), seed, provenance)
-    result |= {"command": shlex.join(sys.argv), "seconds": time.time() - t0}
+    result |= {"command": _command(args), "seconds": time.time() - t0}
     mc.write_check(args.out, x, result)
     print(json.dumps(result, indent=2))
     return 0
