@@ -193,10 +193,14 @@ def test_markdown_tables_headings_lists_and_escaping() -> None:
 
 def test_markdown_images_resolve_point_to_cards_or_fall_back_to_alt_text() -> None:
     urls = {"grid.png": "images/edits/edit/grid.png", "top.png": "#cards"}
-    md = "![a grid](grid.png) ![gone](missing.png) ![rows](top.png) [j](javascript:x)"
+    md = (
+        "![a grid](grid.png) ![gone](missing.png) ![rows](top.png) [j](javascript:x) ![](d%20f.png)"
+    )
+    urls["d%20f.png"] = "images/d%20f.png"
     out = R.markdown_to_html(md, resolve=urls.get)
     assert '<img src="images/edits/edit/grid.png" alt="a grid">' in out
     assert '<span class="caption">a grid</span>' in out  # every picture names itself
+    assert '<span class="caption">d f.png</span>' in out  # by its file name if it has no alt
     assert "[gone]" in out and "missing.png" not in out
     assert '<a href="#cards">rows (shown as named cards)</a>' in out
     assert "javascript:" not in out.replace("[j](javascript:x)", "")  # not made a link

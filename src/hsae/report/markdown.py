@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
@@ -48,7 +49,10 @@ def _rewrite(tokens: list[Token], heading_offset: int, resolve: Resolver | None)
 def _image(renderer: Any, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
     """An inline image with its alt text shown as a caption (every picture names itself)."""
     tok = tokens[idx]
-    alt, src = escapeHtml(tok.content), escapeHtml(str(tok.attrGet("src")))
+    url = str(tok.attrGet("src"))
+    # No alt text: the file name names it (the browser check counts unnamed images).
+    alt = escapeHtml(tok.content or unquote(url.rsplit("/", 1)[-1]))
+    src = escapeHtml(url)
     return (
         f'<span class="md-figure"><img src="{src}" alt="{alt}">'
         f'<span class="caption">{alt}</span></span>'
