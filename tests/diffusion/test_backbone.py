@@ -197,7 +197,7 @@ def test_load_unsupported_unet_class(tmp_path):
 
 
 def test_resolve_device_accepts_cpu_and_explains_the_rest() -> None:
-    from hsae.diffusion.backbone import resolve_device
+    from hsae.utils.device import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match=r"--device 'gpu0': expected a torch device"):

@@ -65,7 +65,7 @@ class CodeScan:
 
 def flat_codes(sae: BaseSAE, h: Tensor, threshold_k: int | None) -> Tensor:
     """(B, M·L) codes of h, thresholded by eq. 9 when k is given, test-time context."""
-    return encode_tokens(sae, h, threshold_k).flatten(1).float()
+    return encode_tokens(sae, h, threshold_k).flatten(1).float().cpu()
 
 
 def _batches(rows: np.ndarray, batch: int) -> list[np.ndarray]:
@@ -75,7 +75,8 @@ def _batches(rows: np.ndarray, batch: int) -> list[np.ndarray]:
 
 
 def _store_h(store: Any, rows: np.ndarray, sae: BaseSAE) -> Tensor:
-    return torch.from_numpy(np.asarray(store[rows], dtype=np.float32)).to(sae.W_enc.dtype)
+    h = torch.from_numpy(np.asarray(store[rows], dtype=np.float32))
+    return h.to(sae.W_enc)  # the SAE's device and dtype
 
 
 @torch.no_grad()

@@ -144,8 +144,9 @@ def run_features(
     out: Path | str,
     data: Path | str | None = None,
     cfg: FeaturesConfig | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Everything `hsae features` does; returns the features.json document."""
+    """Everything `hsae features` does (the SAE encoding on `device`); returns features.json."""
     from hsae.data.store import ActivationStore
     from hsae.sae.selection import load_checked
 
@@ -155,7 +156,7 @@ def run_features(
     if cfg.rank_by not in RANK_BY:
         raise ValueError(f"--rank-by must be one of {RANK_BY}, got {cfg.rank_by!r}")
     store = ActivationStore(store_path)
-    sae = load_checked(Path(sae_path), store).eval()
+    sae = load_checked(Path(sae_path), store).eval().to(device)
     data_dir = resolve_data_dir(store, data)
     stat_rows = np.asarray(store.indices_for_split(cfg.split), dtype=np.int64)
     if stat_rows.size == 0:

@@ -64,7 +64,7 @@ def sparse_featurizer(model: BaseSAE, threshold_k: int | None) -> Featurizer:
     model.eval()
 
     def featurize(h: Tensor) -> Tensor:
-        tokens = codes_as_tokens(model.encode(h.to(model.W_enc.dtype)))
+        tokens = codes_as_tokens(model.encode(h.to(model.W_enc)).cpu())
         if threshold_k is not None:
             tokens = threshold_codes(tokens, threshold_k)
         return tokens.flatten(1)
@@ -75,7 +75,7 @@ def sparse_featurizer(model: BaseSAE, threshold_k: int | None) -> Featurizer:
 def dense_featurizer(model: BaseSAE) -> Featurizer:
     """h → the (signed, dense) codes of a projection baseline, (B, L)."""
     model.eval()
-    return lambda h: model.encode(h.to(model.W_enc.dtype)).flatten(1)
+    return lambda h: model.encode(h.to(model.W_enc)).flatten(1).cpu()
 
 
 def _batches(store: Any, rows: np.ndarray, batch: int) -> Iterator[Tensor]:
@@ -141,11 +141,12 @@ def sae_method(
     threshold_k: int | str | None,
     target: float,
     seed: int,
+    device: str | torch.device = "cpu",
 ) -> Method:
     """The probe method of a sparse SAE checkpoint, with k chosen on a train sample for "auto"."""
     from hsae.sae.selection import is_sparse, load_checked, resolve_threshold_k
 
-    model = load_checked(path, store)
+    model = load_checked(path, store).to(device)
     if not is_sparse(model):
         raise ValueError(
             f"{path} holds a {model.cfg.architecture!r} model, not a sparse SAE; "
@@ -289,11 +290,12 @@ def build_methods(
     target: float,
     seed: int,
     batch: int,
+    device: str | torch.device = "cpu",
 ) -> list[Method]:
-    methods = [sae_method("sae", "SAE", sae, store, threshold_k, target, seed)]
+    methods = [sae_method("sae", "SAE", sae, store, threshold_k, target, seed, device)]
     if flat_sae is not None:
         methods.append(
-            sae_method("flat_sae", "flat SAE", flat_sae, store, threshold_k, target, seed)
+            sae_method("flat_sae", "flat SAE", flat_sae, store, threshold_k, target, seed, device)
         )
     methods.append(pca_method(store, train_rows, n, batch))
     methods.append(random_method(store, n, seed))
@@ -313,8 +315,10 @@ def run_probe(
     max_iter: int = 1000,
     test_split: str = "test",
     blas_threads: int | None = 1,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """All methods × attributes on (train, test_split); returns the probe.json document.
+    The SAEs encode on `device`; PCA, the random baseline and the probes run on the CPU.
 
     blas_threads caps the BLAS pool of PCA and the probes (None: library default). One thread is
     the default because these problems are small and, on a shared machine, idle BLAS threads spin:
@@ -330,7 +334,7 @@ def run_probe(
     train_rows, test_rows = split_rows(store, "train"), split_rows(store, test_split)
     with threadpool_limits(limits=blas_threads):
         methods = build_methods(
-            store, sae, flat_sae, train_rows, n_components, threshold_k, target, seed, batch
+            store, sae, flat_sae, train_rows, n_components, threshold_k, target, seed, batch, device
         )
         select_columns(store, train_rows, methods, n_components, batch)
         x_train = extract_features(store, train_rows, methods, batch)

@@ -198,9 +198,11 @@ def evaluate_model(
         rows = indices[start : start + batch]
         h = torch.from_numpy(np.asarray(store[rows])).to(dtype)
         idx = None if image_index is None else torch.as_tensor(image_index[start : start + batch])
-        h_hat, codes = encode_decode(model, h, threshold_k, idx)
-        recon.update(h, h_hat)
-        stats.update(codes)
+        dev = model.W_enc.device
+        idx = None if idx is None else idx.to(dev)
+        h_hat, codes = encode_decode(model, h.to(dev), threshold_k, idx)
+        recon.update(h, h_hat.cpu())
+        stats.update(codes.cpu())
     out: dict[str, Any] = {**recon.result(), **stats.result()}
     out["active_values"] = np.concatenate(stats.per_image).astype(int).tolist()
     return out

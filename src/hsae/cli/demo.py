@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from hsae.cli.options import add_device_arguments
 from hsae.data.extract import check_store_model
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.sampling import ddim_samples
@@ -65,9 +66,16 @@ def _cmd(command: str, *positional: object, **flags: object) -> list[str]:
 
 
 def demo_stages(
-    run: Path, n_images: int, steps: int, t: float, sae_steps: int = 1500
+    run: Path,
+    n_images: int,
+    steps: int,
+    t: float,
+    sae_steps: int = 1500,
+    device: dict[str, str] | None = None,
 ) -> list[tuple[str, Callable[[], object]]]:
-    """(name, action) per stage; each action runs one `hsae` command (or the data generator)."""
+    """(name, action) per stage; each action runs one `hsae` command (or the data generator).
+    `device` ({"device": ..., "dtype": ...}) is passed to every command that runs a model."""
+    dev = device or {}
     from hsae.data.images import parse_partition
     from hsae.toy.toyfaces import write_dataset
 
@@ -80,18 +88,18 @@ def demo_stages(
         images = [img / ids[0], img / _test_ids(data, 1)[0]]
         kappas = [0, 1, 2, 4, 8]
         mode = "error_preserving"
-        _hsae(_cmd("edit", image=images, sae=sae, component=comp, kappa=kappas, mode=mode,
+        _hsae(_cmd("edit", **dev, image=images, sae=sae, component=comp, kappa=kappas, mode=mode,
                    window="all", out=run / "edit"))  # fmt: skip
 
     def counterfactual() -> None:
         comp, _ = _best_component(run, "Eyeglasses")
-        _hsae(_cmd("counterfactual", data=data, split="test", n=6, sae=sae, component=comp,
+        _hsae(_cmd("counterfactual", **dev, data=data, split="test", n=6, sae=sae, component=comp,
                    kappa=4, attribute="Eyeglasses", window="all",
                    out=run / "counterfactual"))  # fmt: skip
 
     def interpolate() -> None:
         a, b = _test_ids(data, 2)
-        _hsae(_cmd("interpolate", a=img / a, b=img / b, sae=sae, frames=7, h_baseline=True,
+        _hsae(_cmd("interpolate", **dev, a=img / a, b=img / b, sae=sae, frames=7, h_baseline=True,
                    out=run / "interpolate"))  # fmt: skip
 
     bench = {
@@ -111,17 +119,24 @@ def demo_stages(
 
     return [
         ("data", lambda: write_dataset(data, n_images, seed=1)),
-        ("extract", lambda: _hsae(_cmd("extract", data=data, out=acts, t=t, steps=steps))),
-        ("sae", lambda: _hsae(_cmd("train", store=acts, out=sae, steps=sae_steps))),
+        ("extract", lambda: _hsae(_cmd("extract", **dev, data=data, out=acts, t=t, steps=steps))),
+        ("sae", lambda: _hsae(_cmd("train", **dev, store=acts, out=sae, steps=sae_steps))),
         (
             "eval",
-            lambda: _hsae(_cmd("eval", **both, **pca(), spliced=8, data=data, out=run / "eval")),
+            lambda: _hsae(
+                _cmd("eval", **dev, **both, **pca(), spliced=8, data=data, out=run / "eval")
+            ),
         ),
-        ("features", lambda: _hsae(_cmd("features", **both, data=data, out=run / "features"))),
-        ("probe", lambda: _hsae(_cmd("probe", **both, out=run / "probe"))),
+        (
+            "features",
+            lambda: _hsae(_cmd("features", **dev, **both, data=data, out=run / "features")),
+        ),
+        ("probe", lambda: _hsae(_cmd("probe", **dev, **both, out=run / "probe"))),
         (
             "editbench",
-            lambda: _hsae(_cmd("editbench", **both, **bench, data=data, out=run / "editbench")),
+            lambda: _hsae(
+                _cmd("editbench", **dev, **both, **bench, data=data, out=run / "editbench")
+            ),
         ),
         ("edit", edit),
         ("counterfactual", counterfactual),
@@ -142,14 +157,19 @@ def _done(run: Path, stage: str) -> bool:
 
 
 def run_demo(
-    out: Path, n_images: int = 512, steps: int = 50, t: float = 0.7, sae_steps: int = 1500
+    out: Path,
+    n_images: int = 512,
+    steps: int = 50,
+    t: float = 0.7,
+    sae_steps: int = 1500,
+    device: dict[str, str] | None = None,
 ) -> dict:
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    backbone = DiffusionBackbone.load("toy")
+    backbone = DiffusionBackbone.load("toy", **(device or {}))
     check_store_model(out / "acts", backbone)
-    for name, action in demo_stages(out, n_images, steps, t, sae_steps):
+    for name, action in demo_stages(out, n_images, steps, t, sae_steps, device):
         if _done(out, name):
             print(f"[demo] {name}: already done, skipped")
             continue
@@ -188,8 +208,15 @@ def _report(out: Path) -> Path:
     return out / "report" / "index.html"
 
 
-def demo_command(out: Path, n_images: int, steps: int, t: float, sae_steps: int = 1500) -> int:
-    summary = run_demo(out, n_images, steps, t, sae_steps)
+def demo_command(
+    out: Path,
+    n_images: int,
+    steps: int,
+    t: float,
+    sae_steps: int = 1500,
+    device: dict[str, str] | None = None,
+) -> int:
+    summary = run_demo(out, n_images, steps, t, sae_steps, device)
     print(json.dumps(summary, indent=2))
     print(f"\nreport: {summary['report']}")
     return 0
@@ -202,12 +229,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--t", type=float, default=0.7)
     p.add_argument("--sae-steps", type=int, default=1500, help="SAE training steps")
+    add_device_arguments(p)
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
 
-    return demo_command(args.out, args.n, args.steps, args.t, args.sae_steps)
+    device = {"device": args.device, "dtype": args.dtype}
+    return demo_command(args.out, args.n, args.steps, args.t, args.sae_steps, device)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -20,8 +20,10 @@ from hsae.analysis.reconstruction import (
     spliced_fidelity_many,
     write_outputs,
 )
+from hsae.cli.options import add_device_arguments
 from hsae.sae.base import BaseSAE
 from hsae.sae.selection import DENSE_ARCHITECTURES, is_sparse, load_checked, parse_threshold_k
+from hsae.utils.device import resolve_device
 from hsae.utils.jsonable import jsonable
 from hsae.utils.splits import split_rows
 
@@ -63,7 +65,9 @@ def run_spliced(args: Any, store: Any, models: Mapping[str, BaseSAE], rows: list
     if args.data is None:
         raise ValueError("--spliced needs --data (the image folder the store was extracted from)")
     meta = store.meta
-    backbone = DiffusionBackbone.load(args.model)
+    backbone = DiffusionBackbone.load(args.model, dtype=args.dtype, device=args.device)
+    for model in models.values():
+        model.to(backbone.device)
     split = args.split if store.splits is not None else "all"
     ds = ImageDataset(args.data, backbone.image_size, split=split, limit=args.spliced)
     images = torch.stack([ds[i][0] for i in range(len(ds))])
@@ -107,6 +111,8 @@ def eval_command(args: Any) -> int:
         {model_name(m, str(p)): m for p in args.baseline for m in [load_checked(p, store)]}
     )
     models.update(fit_baselines(store, args.fit_pca, args.random, args.batch, args.seed))
+    for model in models.values():
+        model.to(resolve_device(args.device))
     if not models:
         raise ValueError(
             "nothing to evaluate: give --sae DIR, --baseline DIR, --fit-pca or --random"
@@ -182,6 +188,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="toy", help="diffusion model (for --spliced)")
     p.add_argument("--t", type=float, default=0.7, help="(--spliced) if the store lacks t")
     p.add_argument("--steps", type=int, default=50, help="(--spliced) if the store lacks steps")
+    add_device_arguments(p)
     p.set_defaults(func=_cmd_eval)
 
 

@@ -19,7 +19,8 @@ from hsae.analysis.features import (
     format_features_table,
     run_features,
 )
-from hsae.cli.options import add_threshold_arguments
+from hsae.cli.options import add_device_arguments, add_threshold_arguments
+from hsae.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", type=Path, default=None, help="image folder of the store (for grids)")
     add_threshold_arguments(p)
+    add_device_arguments(p)
     p.add_argument(
         "--split",
         choices=["train", "val", "test", "all"],
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     out = args.out or Path(args.store).parent / "features"
-    doc = run_features(args.store, args.sae, out, args.data, cfg)
+    doc = run_features(args.store, args.sae, out, args.data, cfg, resolve_device(args.device))
     print(format_features_table(doc), end="")
     print(f"wrote {out / FEATURES_FILE}, {out / TABLE_FILE}")
     return 0

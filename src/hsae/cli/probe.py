@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from hsae.analysis.probe import PROBE_FILE, TABLE_FILE, format_table, run_probe, write_outputs
-from hsae.cli.options import add_threshold_arguments
+from hsae.cli.options import add_device_arguments, add_threshold_arguments
+from hsae.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="output folder (default STORE/../probe)")
     p.add_argument("--n-components", type=int, default=512, help="features per method (512)")
     add_threshold_arguments(p)
+    add_device_arguments(p)
     p.add_argument("--test-split", choices=["test", "val"], default="test")
     p.add_argument("--C", dest="inv_reg", type=float, default=1.0, help="inverse L2 strength")
     p.add_argument("--max-iter", type=int, default=1000, help="logistic regression iterations")
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         max_iter=args.max_iter,
         test_split=args.test_split,
         blas_threads=args.blas_threads,
+        device=resolve_device(args.device),
     )
     settings = {
         key: str(v) if isinstance(v, Path) else v for key, v in vars(args).items() if key != "func"

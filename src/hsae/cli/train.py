@@ -8,11 +8,13 @@ from typing import Any
 
 import torch
 
+from hsae.cli.options import add_device_arguments
 from hsae.sae import BaseSAE, build_sae, make_config
 from hsae.sae.base import read_config
 from hsae.training.checkpoint import checkpoint_dir, read_trainer_state
 from hsae.training.config import B_DEC_INITS, RESUMABLE_CHANGES, StoreLike, TrainConfig
-from hsae.training.loop import train
+from hsae.training.distributed import train_parallel
+from hsae.utils.device import device_options
 from hsae.utils.splits import split_rows
 
 CLI_FIELDS: dict[str, tuple[str, str, Any]] = {
@@ -84,6 +86,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, help="steps between log rows (default 10)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_arguments(p)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -95,7 +98,10 @@ def train_command(args: argparse.Namespace) -> int:
         sae, tcfg = _configs_from_checkpoint(args, ckpt)
     else:
         sae, tcfg = _fresh_configs(args, store)
-    metrics = train(sae, store, tcfg, args.out, resume=args.resume, progress=not args.quiet)
+    device, dtype = device_options(args)
+    sae.to(device)  # float32 master weights; --dtype only sets the autocast precision
+    progress = not args.quiet
+    metrics = train_parallel(sae, store, tcfg, args.out, args.resume, progress, dtype)
     final = metrics["final"]
     print(
         f"trained {sae.cfg.architecture} SAE ({sae.cfg.n_latents} latents) for {metrics['steps']} "

@@ -3,11 +3,19 @@
 Work is done shard by shard, and batches never straddle a shard, so a killed run resumes by
 redoing only the shards the manifest does not list, with exactly the same batches as an
 uninterrupted run (hence bit-identical rows).
+
+Several processes (`accelerate launch -m hsae extract ...`, or torchrun) split the pending shards
+by rank: rank r takes every world-th one. Rank 0 alone owns the manifest; the others write each
+finished shard and its entry file atomically, and rank 0 adopts the entries at the end (or, after
+a kill, when the command is run again), so the store is the single-process one bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,9 +23,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hsae.diffusion.backbone import DiffusionBackbone
-from hsae.diffusion.invert import capture_h, ddim_grid, invert
 from hsae.data.store import SPLIT_CODES, ActivationStore, ActivationStoreWriter
+from hsae.diffusion.backbone import DiffusionBackbone
+from hsae.diffusion.hspace import mid_block_of
+from hsae.diffusion.invert import Inversion, ddim_grid, invert
 
 HOOK_POINT = "unet.mid_block"
 
@@ -73,13 +82,85 @@ def _splits(dataset: ImageSource) -> list[int | None] | None:
     return None if records is None else [getattr(r, "split", None) for r in records]
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the extraction processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+    barrier: Callable[[], None] = field(default=lambda: None, compare=False)
+
+    @classmethod
+    def from_launcher(cls) -> Ranks:
+        """The ranks `accelerate launch` / torchrun set up (WORLD_SIZE > 1), else one process."""
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            return cls()
+        from accelerate import PartialState
+
+        state = PartialState()
+        return cls(state.process_index, state.num_processes, state.wait_for_everyone)
+
+
+class _Captured(Exception):
+    """Raised by the capture hook: the U-Net's up blocks are not needed for h."""
+
+
+@torch.no_grad()
+def capture_mid(backbone: DiffusionBackbone, inv: Inversion, prompt: str = "") -> torch.Tensor:
+    """h_t of the first resumed step from z_t, stopping the U-Net right after its mid block
+    (the same h as hsae.diffusion.invert.capture_h, without the decoder half of the call)."""
+    seen: list[torch.Tensor] = []
+
+    def stop(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        seen.append(output.detach())
+        raise _Captured
+
+    handle = mid_block_of(backbone.unet).register_forward_hook(stop)
+    try:
+        backbone.predict(inv.z_t, inv.timestep, backbone.condition(prompt))
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
 def h_for_images(
     backbone: DiffusionBackbone, x: torch.Tensor, t: float, steps: int, prompt: str
 ) -> torch.Tensor:
     """h_t (B, C, K, K) of a batch of images in [-1, 1]."""
     z0 = backbone.encode(x)
+    if _is_channels_last(backbone.unet):
+        z0 = z0.contiguous(memory_format=torch.channels_last)
     inv = invert(backbone, z0, t, steps, prompt)
-    return capture_h(backbone, inv, prompt)
+    return capture_mid(backbone, inv, prompt).contiguous()
+
+
+def _is_channels_last(unet: torch.nn.Module) -> bool:
+    w = getattr(getattr(unet, "conv_in", None), "weight", None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last)
+
+
+def fast_path(backbone: DiffusionBackbone, channels_last: str = "auto", compile: bool = False) -> dict:
+    """Apply the U-Net speed-ups; return what the store's metadata records of them.
+
+    channels_last ("auto", "on", "off"): NHWC convolutions, on by default for CPU and CUDA where
+    benchmarks/bench_extract.py measures it faster with h equal to float tolerance; MPS stays
+    NCHW (not measured here). compile: torch.compile the down and up blocks (the hooked mid
+    block stays eager, so capture works unchanged); the compile time pays off on long runs only.
+    """
+    if channels_last not in ("auto", "on", "off"):
+        raise ValueError(f"--channels-last must be auto, on or off, got {channels_last!r}")
+    on = channels_last == "on" or (
+        channels_last == "auto" and backbone.device.type in ("cpu", "cuda")
+    )
+    if on:
+        backbone.unet.to(memory_format=torch.channels_last)
+    if compile:
+        for blocks in (backbone.unet.down_blocks, backbone.unet.up_blocks):
+            for block in blocks:
+                block.compile()
+    return {"channels_last": True} if on else {}
 
 
 def _shard_h(
@@ -110,14 +191,45 @@ def extract(
     shard_size: int = 256,
     dtype: str = "float16",
     progress: bool = True,
+    ranks: Ranks | None = None,
+    meta_extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Fill (or finish) the activation store at `out` with h_t of every image; return `out`."""
+    """Fill (or finish) the activation store at `out` with h_t of every image; return `out`.
+
+    dtype is the store's (h on disk); `ranks` makes this one of several extraction processes;
+    meta_extra (e.g. fast_path's record) joins the run metadata a resumed run must match."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
-    writer = ActivationStoreWriter.open(
+    ranks = ranks or Ranks()
+    meta = {**run_meta(backbone, t, steps, prompt), **(meta_extra or {})}
+    shape = backbone.hspace_shape()
+    if ranks.rank == 0:
+        writer = _open_writer(dataset, out, meta, shape, dtype, shard_size)
+        ranks.barrier()  # the manifest exists (and stale files are gone) before others read it
+    else:
+        ranks.barrier()
+        writer = ActivationStoreWriter.attach(out)
+    mine = writer.pending_shards()[ranks.rank :: ranks.world]
+    _extract_shards(dataset, backbone, writer, mine, batch, (t, steps, prompt), progress, ranks)
+    ranks.barrier()
+    if ranks.world > 1 and ranks.rank == 0:
+        writer.adopt_entries()
+    ranks.barrier()
+    return Path(out)
+
+
+def _open_writer(
+    dataset: ImageSource,
+    out: Path,
+    meta: dict[str, Any],
+    shape: tuple[int, ...],
+    dtype: str,
+    shard_size: int,
+) -> ActivationStoreWriter:
+    return ActivationStoreWriter.open(
         out,
-        meta=run_meta(backbone, t, steps, prompt),
-        shape=backbone.hspace_shape(),
+        meta=meta,
+        shape=shape,
         dtype=dtype,
         shard_size=shard_size,
         ids=dataset.ids,
@@ -126,21 +238,27 @@ def extract(
         splits=_splits(dataset),
         skipped=getattr(dataset, "bad", []),
     )
-    pending = writer.pending_shards()
-    todo = sum(b - a for a, b in map(writer.shard_rows, pending))
-    opts = {"t": t, "steps": steps, "prompt": prompt}
+
+
+def _extract_shards(
+    dataset: ImageSource,
+    backbone: DiffusionBackbone,
+    writer: ActivationStoreWriter,
+    shards: list[int],
+    batch: int,
+    run: tuple[float, int, str],
+    progress: bool,
+    ranks: Ranks,
+) -> None:
+    todo = sum(b - a for a, b in map(writer.shard_rows, shards))
+    opts = {"t": run[0], "steps": run[1], "prompt": run[2]}
+    desc = "extract" if ranks.world == 1 else f"extract [rank {ranks.rank}/{ranks.world}]"
     with tqdm(
-        total=len(dataset),
-        initial=len(dataset) - todo,
-        unit="img",
-        desc="extract",
-        disable=not progress,
-        dynamic_ncols=True,
+        total=todo, unit="img", desc=desc, disable=not progress, dynamic_ncols=True
     ) as bar:
-        for i in pending:
+        for i in shards:
             h = _shard_h(dataset, backbone, writer.shard_rows(i), batch, opts, bar)
-            writer.write_shard(i, h)
-    return Path(out)
+            writer.write_shard(i, h, record=ranks.world == 1)
 
 
 def _human_bytes(n: float) -> str:
@@ -178,7 +296,9 @@ def extract_command(args: argparse.Namespace) -> int:
     if not data.is_dir():
         what = "does not exist" if not data.exists() else "is not a folder"
         raise FileNotFoundError(f"--data {data} {what}; expected an image or CelebA-layout folder")
-    backbone = DiffusionBackbone.load(args.model, device=args.device)
+    ranks = Ranks.from_launcher()
+    backbone = DiffusionBackbone.load(args.model, dtype=args.dtype, device=args.device)
+    record = fast_path(backbone, args.channels_last, args.compile)
     dataset = ImageDataset(
         data, backbone.image_size, split=args.split, limit=args.limit, skip_bad=args.skip_bad
     )
@@ -193,8 +313,11 @@ def extract_command(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         batch=args.batch,
         shard_size=args.shard_size,
-        dtype=args.dtype,
+        dtype=args.store_dtype,
         progress=not getattr(args, "no_progress", False),
+        ranks=ranks,
+        meta_extra=record,
     )
-    print(summary(ActivationStore(out)))
+    if ranks.rank == 0:
+        print(summary(ActivationStore(out)))
     return 0

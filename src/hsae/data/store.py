@@ -54,6 +54,11 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}.npy"
 
 
+def entry_name(i: int) -> str:
+    """A finished shard's manifest entry, written beside it by one of several parallel writers."""
+    return f"shard-{i:05d}.entry.json"
+
+
 def num_shards(num_images: int, shard_size: int) -> int:
     return -(-num_images // shard_size)
 
@@ -117,6 +122,7 @@ class ActivationStoreWriter:
             _check_same_run(out, old, fresh, attrs)
             writer = cls(out, old)
             writer._drop_broken_shards()
+            writer.adopt_entries()  # shards finished by parallel writers of a killed run
         else:
             _check_empty_or_store(out)
             out.mkdir(parents=True, exist_ok=True)
@@ -153,9 +159,35 @@ class ActivationStoreWriter:
     def complete(self) -> bool:
         return bool(self.manifest["complete"])
 
+    @classmethod
+    def attach(cls, out: Path | str) -> ActivationStoreWriter:
+        """A second writer of a store another process has just opened: it reads the manifest
+        and never rewrites it, writing its shards with `write_shard(i, h, record=False)`."""
+        out = Path(out)
+        return cls(out, _validate_manifest(out, read_json(out / MANIFEST, "store manifest")))
+
+    def adopt_entries(self) -> int:
+        """List in the manifest every shard a parallel writer finished (its entry file beside
+        it, checksum verified); return how many. Called by the one writer owning the manifest."""
+        adopted = 0
+        for f in sorted(self.path.glob("shard-*.entry.json")):
+            entry = read_json(f, "shard entry")
+            shard = self.path / str(entry.get("file"))
+            ok = shard.is_file() and shard.stat().st_size == int(entry.get("bytes", -1))
+            if ok and sha256_file(shard) == entry.get("sha256"):
+                self._record(entry)
+                adopted += 1
+            f.unlink()  # a half-written shard is simply redone
+        if adopted:
+            self._save()
+        return adopted
+
     # ----- writing -----------------------------------------------------------------------------
-    def write_shard(self, i: int, h: Any) -> None:
-        """Write shard i atomically, then list it in the manifest (also rewritten atomically)."""
+    def write_shard(self, i: int, h: Any, record: bool = True) -> None:
+        """Write shard i atomically, then list it in the manifest (also rewritten atomically).
+
+        record=False (parallel writers) writes the manifest entry to its own file instead, for
+        the manifest's owner to adopt (`adopt_entries`)."""
         start, stop = self.shard_rows(i)
         arr = _to_numpy(h)
         expected = (stop - start, *self.manifest["shape"])
@@ -177,10 +209,17 @@ class ActivationStoreWriter:
             "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
         }
+        if not record:
+            atomic_write_json(self.path / entry_name(i), entry)
+            return
+        self._record(entry)
+        self._save()
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        i = int(entry["index"])
         shards = [s for s in self.manifest["shards"] if int(s["index"]) != i] + [entry]
         self.manifest["shards"] = sorted(shards, key=lambda s: int(s["index"]))
         self.manifest["complete"] = not self.pending_shards()
-        self._save()
 
     def _save(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest)
@@ -317,7 +356,7 @@ def _check_empty_or_store(out: Path) -> None:
         p.name
         for p in out.iterdir()
         if p.name not in ours
-        and not (p.name.startswith("shard-") and p.suffix == ".npy")
+        and not (p.name.startswith("shard-") and p.name.endswith((".npy", ".entry.json")))
         and not (p.name.startswith(".") and p.name.endswith(".tmp"))
     ]
     if foreign:

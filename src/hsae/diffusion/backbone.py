@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hsae.utils.device import resolve_device, resolve_dtype
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TOY_MODEL_DIR = Path(__file__).parents[1] / "assets" / "toy-ddpm"
 FINGERPRINT_VALUES = 256  # values sampled per parameter tensor
@@ -74,24 +76,31 @@ class DiffusionBackbone:
         self._cond_cache: dict[str, torch.Tensor] = {}
 
     # ----- loading -------------------------------------------------------------------------
-    def to(self, device: str | torch.device) -> DiffusionBackbone:
-        """Move every network to `device` (validated by `resolve_device`); returns self."""
+    def to(
+        self, device: str | torch.device, dtype: str | torch.dtype | None = None
+    ) -> DiffusionBackbone:
+        """Move every network to `device` (and cast to `dtype`), both checked by
+        hsae.utils.device; returns self."""
         dev = resolve_device(device)
+        cast = None if dtype is None else resolve_dtype(dtype, dev)
         for name in ("unet", "vae", "text_encoder"):
             module = getattr(self, name)
             if module is not None:
-                module.to(dev)
+                module.to(dev) if cast is None else module.to(dev, cast)
         self._cond_cache.clear()
         return self
 
     @classmethod
     def load(
-        cls, model: str = "toy", dtype: torch.dtype = torch.float32, device: str = "cpu"
+        cls,
+        model: str = "toy",
+        dtype: str | torch.dtype | None = torch.float32,
+        device: str | torch.device = "cpu",
     ) -> DiffusionBackbone:
         """Load `toy`, a local diffusers pipeline folder, or a hub id (needs network or cache),
-        onto `device`."""
-        dev = resolve_device(device)  # a bad device fails before minutes of loading
-        return cls._load(model, dtype).to(dev)
+        onto `device` in `dtype` (names as for --dtype; auto = float16 on GPUs, float32 on CPU)."""
+        dev = resolve_device(device)  # a bad device or dtype fails before minutes of loading
+        return cls._load(model, resolve_dtype(dtype, dev)).to(dev)
 
     @classmethod
     def _load(cls, model: str, dtype: torch.dtype) -> DiffusionBackbone:
@@ -255,30 +264,6 @@ class DiffusionBackbone:
                 _module_digest(h, getattr(self, name), name)
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
-
-
-def resolve_device(spec: str | torch.device) -> torch.device:
-    """`--device` value -> torch.device, with one message when torch cannot use it here."""
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"--device {spec!r}: expected a torch device such as cpu, cuda, cuda:1 or mps"
-        ) from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ValueError(
-                f"--device {spec}: this torch ({torch.__version__}) sees no CUDA device; "
-                "install a CUDA build of torch on a GPU machine, or use --device cpu"
-            )
-        if dev.index is not None and dev.index >= n:
-            raise ValueError(f"--device {spec}: only {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {spec}: MPS is not available here; use --device cpu")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {spec}: unsupported device type {dev.type!r} (cpu, cuda, mps)")
-    return dev
 
 
 def _module_digest(h: Any, module: nn.Module | None, name: str) -> None:

@@ -45,11 +45,18 @@ def format_table(rows: list[dict[str, float]]) -> str:
 
 
 def roundtrip_command(
-    data: Path, model: str, n: int, steps_list: Sequence[int], t: float, split: str
+    data: Path,
+    model: str,
+    n: int,
+    steps_list: Sequence[int],
+    t: float,
+    split: str,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> list[dict[str, float]]:
     from hsae.data.images import ImageDataset
 
-    backbone = DiffusionBackbone.load(model)
+    backbone = DiffusionBackbone.load(model, dtype=dtype, device=device)
     ds = ImageDataset(data, backbone.image_size, split=split, limit=n)
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     return roundtrip_errors(backbone, images, steps_list, t)

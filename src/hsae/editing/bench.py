@@ -81,7 +81,7 @@ from hsae.analysis.features import (
     load_rows_images,
     scan_codes,
 )
-from hsae.cli.options import add_threshold_arguments
+from hsae.cli.options import add_device_arguments, add_threshold_arguments
 from hsae.diffusion.hspace import HEdit
 from hsae.editing.directions import direction_hook, mean_difference
 from hsae.editing.intervene import (
@@ -810,8 +810,9 @@ def load_inputs(args: argparse.Namespace, cfg: EditBenchConfig) -> BenchInputs:
         raise FileNotFoundError(f"--data {data} is not a folder (expected the store's images)")
     meta = store.meta
     model = args.model or _store_model(meta) or "toy"
-    backbone = DiffusionBackbone.load(model)
-    classifier = load_default()
+    backbone = DiffusionBackbone.load(model, dtype=args.dtype, device=args.device)
+    sae.to(backbone.device)
+    classifier = load_default(backbone.device)
     size = backbone.image_size
     if classifier.cfg.image_size != size:
         raise ValueError(
@@ -910,6 +911,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="resumed U-Net calls whose h_t is edited: N or all (default 1, the paper)",
     )
     add_threshold_arguments(p)
+    add_device_arguments(p)
     p.add_argument("--min-preservation", type=float, default=0.9)
     p.add_argument("--candidates", type=int, default=64, help="AUROC candidates per attribute")
     p.add_argument("--n-examples", type=int, default=4, help="grid images per direction")

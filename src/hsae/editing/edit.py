@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hsae.cli.options import add_threshold_arguments
+from hsae.cli.options import add_device_arguments, add_threshold_arguments
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.inversion_cache import InversionCache, invert_cached
 from hsae.diffusion.invert import Inversion, capture_h, resume
@@ -286,6 +286,7 @@ def add_setup_arguments(p: argparse.ArgumentParser, edit_options: bool = True) -
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: store's, 50)")
     p.add_argument("--prompt", default=None, help="conditioning prompt (default: store's, '')")
     add_threshold_arguments(p)
+    add_device_arguments(p)
     p.add_argument(
         "--window",
         type=parse_edit_steps,
@@ -393,7 +394,8 @@ def load_setup(args: argparse.Namespace) -> EditSetup:
     store = _open_store(args.store, sae)
     meta = store.meta if store is not None else {}
     model = args.model or (meta.get("model") or {}).get("model_id") or sae.cfg.model_id or "toy"
-    backbone = DiffusionBackbone.load(model)
+    backbone = DiffusionBackbone.load(model, dtype=args.dtype, device=args.device)
+    sae.to(backbone.device)  # float32 weights: h is cast to them and back (intervene)
     check_hspace(backbone, sae, args.sae)
     cache = None if args.no_cache else InversionCache.open(args.cache_dir)
     return EditSetup(

@@ -58,8 +58,7 @@ def choose_threshold_k(
     Codes are computed with image_index=None, as for the test rows k will be applied to; the rows
     come from the train split so that k is not tuned on the eval set.
     """
-    dtype = model.W_enc.dtype
-    h = torch.from_numpy(np.asarray(store[rows])).to(dtype)
+    h = torch.from_numpy(np.asarray(store[rows])).to(model.W_enc)  # its device and dtype
     tokens = codes_as_tokens(model.eval().encode(h))
     k = choose_k_for_sparsity(tokens, target)
     return k, sparsity(threshold_codes(tokens, k))
@@ -111,7 +110,7 @@ def resolve_threshold_k(
         k, s = choose_threshold_k(sae, store, rows, target)
         how = f"{k} (auto: sparsity {s:.3f} on {len(rows)} train rows of {store.path})"
     elif h is not None:
-        tokens = codes_as_tokens(sae.eval().encode(h.to(sae.W_enc.dtype)))
+        tokens = codes_as_tokens(sae.eval().encode(h.to(sae.W_enc)))
         k = choose_k_for_sparsity(tokens, target)
         s = sparsity(threshold_codes(tokens, k))
         how = f"{k} (auto: sparsity {s:.3f} on the {len(h)} edited image(s); no store)"

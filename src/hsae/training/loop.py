@@ -27,10 +27,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from hsae.training.distributed import Parallel
 
 from hsae.sae import WEIGHTS_FILE, BaseSAE
 from hsae.sae.base import read_config
@@ -53,6 +56,7 @@ from hsae.training.config import (
     TrainingDivergedError,
 )
 from hsae.training.plots import _write_log, plot_curves
+from hsae.utils.device import autocast_for
 from hsae.utils.io import atomic_write_json
 from hsae.utils.splits import split_rows
 
@@ -146,6 +150,8 @@ class _Run:
     state: TrainerState
     l1_coeff: float
     last_checkpoint: str = "none written yet"
+    parallel: Parallel | None = None  # data-parallel ranks (training.distributed)
+    compute_dtype: torch.dtype = torch.float32  # autocast precision; weights stay float32
 
 
 def _diverged(run: _Run, step: int, what: str, h: Tensor | None = None) -> TrainingDivergedError:
@@ -181,11 +187,14 @@ def _train_step(run: _Run, h: Tensor, idx: Tensor) -> dict[str, float]:
     sae, cfg, step = run.sae, run.cfg, run.state.step + 1
     for group in run.opt.param_groups:
         group["lr"] = lr_at(cfg, step)
+    if run.parallel is not None:  # this rank's share of the global batch
+        h, idx = run.parallel.local(h), run.parallel.local(idx)
     h = h.to(sae.b_dec.device) / run.state.input_scale
     idx = idx.to(sae.b_dec.device)
     saved_l1, sae.cfg.l1_coeff = sae.cfg.l1_coeff, l1_at(cfg, run.l1_coeff, step)
     try:
-        out = sae.loss(h, idx)
+        with autocast_for(sae.b_dec.device, run.compute_dtype):
+            out = sae.loss(h, idx)
     finally:
         sae.cfg.l1_coeff = saved_l1
     values = {k: float(v.detach()) for k, v in out.items() if v.numel() == 1}
@@ -194,6 +203,8 @@ def _train_step(run: _Run, h: Tensor, idx: Tensor) -> dict[str, float]:
             raise _diverged(run, step, f"the {key} ({values[key]})", h)
     run.opt.zero_grad(set_to_none=True)
     out["loss"].backward()
+    if run.parallel is not None:
+        values = run.parallel.average(sae, values)
     grads = [p.grad for p in sae.parameters() if p.grad is not None]
     # One fused norm instead of a check per parameter; its slow path names the culprit.
     if grads and not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
@@ -282,8 +293,13 @@ def train(
     out_dir: Path | str,
     resume: bool = False,
     progress: bool = True,
+    compute_dtype: torch.dtype = torch.float32,
+    parallel: Parallel | None = None,
 ) -> dict[str, Any]:
     """Train `sae` on the store's `cfg.split`; return the metrics also written to metrics.json.
+
+    compute_dtype runs the SAE's forward under autocast (its weights and Adam stay float32);
+    parallel makes this one rank of a data-parallel run (hsae.training.distributed).
 
     On return `sae` has the input scale folded in (it consumes raw h) and equals the SAE saved
     in out_dir; out_dir/checkpoint keeps the training-time state for `resume=True`.
@@ -296,6 +312,7 @@ def train(
     opt = make_optimizer(sae, cfg.lr)
     dead = DeadLatents(sae)
     run = _Run(sae, cfg, out_dir, batches, opt, dead, TrainerState(), sae.cfg.l1_coeff)
+    run.parallel, run.compute_dtype = parallel, compute_dtype
     ckpt = checkpoint_dir(out_dir)
     try:
         if ckpt is not None and not resume:
