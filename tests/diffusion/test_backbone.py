@@ -196,19 +196,6 @@ def test_load_unsupported_unet_class(tmp_path):
         DiffusionBackbone.load(str(tmp_path))
 
 
-def test_resolve_device_accepts_cpu_and_explains_the_rest() -> None:
-    from hsae.utils.device import resolve_device
-
-    assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(ValueError, match=r"--device 'gpu0': expected a torch device"):
-        resolve_device("gpu0")
-    with pytest.raises(ValueError, match="unsupported device type 'meta'"):
-        resolve_device("meta")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match=r"--device cuda:1: this torch .* no CUDA device"):
-            resolve_device("cuda:1")
-
-
 def test_backbone_to_moves_every_network(sd_backbone) -> None:
     sd_backbone.condition("")
     assert sd_backbone.to("cpu") is sd_backbone and sd_backbone.device == torch.device("cpu")

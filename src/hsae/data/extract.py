@@ -13,7 +13,6 @@ a kill, when the command is run again), so the store is the single-process one b
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from hsae.data.store import SPLIT_CODES, ActivationStore, ActivationStoreWriter
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.hspace import mid_block_of
 from hsae.diffusion.invert import Inversion, ddim_grid, invert
+from hsae.utils.device import launched_ranks
 
 HOOK_POINT = "unet.mid_block"
 
@@ -93,12 +93,7 @@ class Ranks:
     @classmethod
     def from_launcher(cls) -> Ranks:
         """The ranks `accelerate launch` / torchrun set up (WORLD_SIZE > 1), else one process."""
-        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            return cls()
-        from accelerate import PartialState
-
-        state = PartialState()
-        return cls(state.process_index, state.num_processes, state.wait_for_everyone)
+        return cls(*launched_ranks())
 
 
 class _Captured(Exception):

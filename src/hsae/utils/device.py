@@ -13,7 +13,7 @@ here, so a device torch cannot use fails the same way, before minutes of loading
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -118,3 +118,23 @@ def autocast_for(device: torch.device | str, dtype: torch.dtype) -> Iterator[Non
         ctx = torch.autocast(device_type=dev.type, dtype=dtype)
     with ctx:
         yield
+
+
+def launched_ranks() -> tuple[int, int, Callable[[], None]]:
+    """(rank, world size, barrier) of the processes `accelerate launch` / torchrun started
+    (WORLD_SIZE > 1); (0, 1, no-op) for a single process.
+
+    accelerate's PartialState sets up the process group (NCCL on GPUs, gloo on CPUs); rank and
+    world are then read from torch.distributed itself, which stays right under launchers that
+    do not export RANK (accelerate's CPU debug launcher reports every process as rank 0 of 1).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, lambda: None
+    from accelerate import PartialState
+
+    state = PartialState()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), dist.barrier
+    return state.process_index, state.num_processes, state.wait_for_everyone
