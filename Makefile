@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install chromium demo docs test test-fast lint bench table2 figures figures-toy \
+.PHONY: install chromium demo docs test test-fast lint bench sd-check table2 figures figures-toy \
   figures-sae retrain-toy check-toy-card retrain-classifier clean
 
 $(STAMP): pyproject.toml
@@ -45,6 +45,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py
+	$(PY) benchmarks/bench_stream.py
+
+# SD 2.1-base's real U-Net and VAE with random weights on the CPU (~6 GB RAM, many minutes).
+sd-check: $(STAMP)
+	HSAE_SD_CHECK=1 $(VENV)/bin/pytest -q -s tests/diffusion/test_sd_sized.py
 
 # The shifted-nuisance faces: made by figures-toy (classifier OOD) or table2, whichever runs first.
 SHIFTED := data/toyfaces-shifted
