@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import SD_SCHEDULER
 
+from conftest import SD_SCHEDULER
 from hsae.diffusion.invert import Inversion, capture_h, ddim_grid, invert, resume
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
