@@ -23,7 +23,7 @@ COMMAND_MODULES = (
     "hsae.editing.interpolate",
     "hsae.cli.probe",
     "hsae.cli.table2",
-    "hsae.report.build",
+    "hsae.cli.report",
     "hsae.cli.toy",
 )
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from hsae.cli.options import add_device_arguments
+from hsae.diffusion.backbone import DiffusionBackbone
+from hsae.diffusion.roundtrip import roundtrip_errors
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +87,7 @@ def _add_roundtrip(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_roundtrip(args: argparse.Namespace) -> int:
-    from hsae.diffusion.roundtrip import format_table, roundtrip_command
+    from hsae.diffusion.roundtrip import format_table
     from hsae.utils.io import atomic_write_json
 
     rows = roundtrip_command(
@@ -98,3 +103,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_data(sub)
     _add_extract(sub)
     _add_roundtrip(sub)
+
+
+def roundtrip_command(
+    data: Path,
+    model: str,
+    n: int,
+    steps_list: Sequence[int],
+    t: float,
+    split: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> list[dict[str, float]]:
+    from hsae.data.images import ImageDataset
+
+    backbone = DiffusionBackbone.load(model, dtype=dtype, device=device)
+    ds = ImageDataset(data, backbone.image_size, split=split, limit=n)
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    return roundtrip_errors(backbone, images, steps_list, t)

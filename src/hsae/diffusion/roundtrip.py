@@ -8,7 +8,6 @@ measured against this floor.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -42,21 +41,3 @@ def format_table(rows: list[dict[str, float]]) -> str:
     for r in rows:
         lines.append(f"| {r['steps']} | {r['timestep']} | {r['mse']:.2e} | {r['psnr_db']:.1f} |")
     return "\n".join(lines)
-
-
-def roundtrip_command(
-    data: Path,
-    model: str,
-    n: int,
-    steps_list: Sequence[int],
-    t: float,
-    split: str,
-    device: str = "cpu",
-    dtype: str = "float32",
-) -> list[dict[str, float]]:
-    from hsae.data.images import ImageDataset
-
-    backbone = DiffusionBackbone.load(model, dtype=dtype, device=device)
-    ds = ImageDataset(data, backbone.image_size, split=split, limit=n)
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
-    return roundtrip_errors(backbone, images, steps_list, t)
