@@ -419,7 +419,7 @@ def bench_attribute(
                 info = {"selection": "validation effect", "effects": eff, "rank_by_auroc": b + 1}
                 chosen[f"{fam} (effect)"] = (feats[b], info)
     # Matched size: where the supervised direction reaches its best validation flip while keeping.
-    matched = {}
+    matched: dict[str, Any] = {}
     if "mean_diff" in chosen:
         vrows, _ = sweep(inputs, val, chosen["mean_diff"][0], target, cfg.sizes, w_main, cfg)
         matched = {d: matched_size(vrows, d, cfg.min_keep) for d in DIRECTIONS}
@@ -438,8 +438,8 @@ def bench_attribute(
     for w in cfg.windows:
         curves[str(w)] = {}
         for label, (f, _) in chosen.items():
-            sizes = tuple(matched.get(d, {}).get("size") for d in DIRECTIONS)
-            keep_at = sizes if w == w_main else (None, None)
+            add, rem = (matched.get(d, {}).get("size") for d in DIRECTIONS)
+            keep_at: tuple[float | None, float | None] = (add, rem) if w == w_main else (None, None)
             rows, kept = sweep(inputs, test, f, target, cfg.sizes, w, cfg, keep_at, ex)
             curves[str(w)][label] = rows
             if kept:
