@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install chromium demo docs test test-fast lint bench sd-check table2 figures figures-toy \
-  figures-sae retrain-toy check-toy-card retrain-classifier clean
+  figures-sae retrain-toy check-toy-card retrain-classifier clean editbench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -102,9 +102,27 @@ figures-sae: table2
 	$(VENV)/bin/hsae extract --data $(BENCH) --out $(K1)/acts
 	$(VENV)/bin/hsae probe --store $(K1)/acts --sae runs/table2/sae/ca-l1-0.1 \
 	  --flat-sae runs/table2/sae/flat --out $(K1)/probe
-	$(VENV)/bin/hsae editbench --store $(K1)/acts --sae runs/table2/sae/ca-l1-0.1 --data $(BENCH) \
-	  --attributes Eyeglasses Wearing_Hat Blond_Hair Smiling --n-images 40 --n-val 12 \
-	  --kappas 0 5 25 100 400 --scales 1 2 4 --edit-steps all --out $(K1)/editbench
+
+# The edit benchmark at full size (docs/editing.md): 5,000 toyfaces (500 test images, so each
+# add/remove group of a balanced attribute has >= 100 and its Wilson interval is <= ±10 points),
+# three SAE layouts trained on the 4,000 train images, three windows. Many hours on 2 cores;
+# every step resumes (extraction, training) or is skipped once done.
+EB := runs/editbench
+EB_DATA := data/toyfaces-5k
+editbench: $(STAMP)
+	test -d $(EB_DATA) || $(VENV)/bin/hsae data toyfaces --n 5000 --seed 11 --out $(EB_DATA)
+	$(VENV)/bin/hsae extract --data $(EB_DATA) --out $(EB)/acts --steps 50
+	test -f $(EB)/sae/spatial/sae.safetensors || $(VENV)/bin/hsae train --store $(EB)/acts \
+	  --out $(EB)/sae/spatial --architecture spatial_topk --latents 1024 --k 16 --steps 2000
+	test -f $(EB)/sae/ca-l1/sae.safetensors || $(VENV)/bin/hsae train --store $(EB)/acts \
+	  --out $(EB)/sae/ca-l1 --architecture channel_aware --steps 2000
+	test -f $(EB)/sae/flat/sae.safetensors || $(VENV)/bin/hsae train --store $(EB)/acts \
+	  --out $(EB)/sae/flat --architecture flat --latents 512 --steps 2000
+	$(VENV)/bin/hsae editbench --store $(EB)/acts --data $(EB_DATA) \
+	  --sae spatial=$(EB)/sae/spatial ca=$(EB)/sae/ca-l1 flat=$(EB)/sae/flat \
+	  --attributes Eyeglasses Wearing_Hat Blond_Hair Smiling --n-test 500 --n-val 100 \
+	  --windows 1 5 all --out $(EB)/bench
+	$(PY) scripts/washout.py --data $(EB_DATA) --n 64 --json $(EB)/washout.json
 
 # The embedded toy model and classifier: the exact commands that produced the committed weights.
 # retrain-toy (~100 min on 2 idle cores, resumable: re-run it after a stop) ends with

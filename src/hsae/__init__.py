@@ -49,6 +49,8 @@ _EXPORTS: dict[str, str] = {
     # training
     "TrainConfig": "hsae.training.config",
     "train": "hsae.training.loop",
+    # editing
+    "HSpaceEditor": "hsae.editing.editor",
 }
 
 __all__ = ["__version__", *_EXPORTS]

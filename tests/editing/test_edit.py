@@ -262,7 +262,23 @@ def test_cli_edit_writes_outputs_and_reuses_the_cache(cli_inputs, tmp_path, caps
     assert main(_edit_args(root, model, tmp_path / "b", "--component", "0:1", "--kappa", "2")) == 0
     doc = json.loads((tmp_path / "b" / "edit.json").read_text())
     assert doc["cache"] == {"dir": str(root / "cache"), "hits": 2, "misses": 0}
-    assert doc["mode"] == "reconstruction"
+    assert doc["mode"] == "error_preserving" and doc["window"] == "all"  # measured defaults
+    assert doc["rule"] == "scale" and doc["codes"] == "raw"  # --kappa implies the scale rule
+    assert main(_edit_args(root, model, tmp_path / "c", "--component", "0:1", "--kappa", "2",
+                           "--paper")) == 0  # fmt: skip
+    doc = json.loads((tmp_path / "c" / "edit.json").read_text())
+    assert (doc["mode"], doc["window"], doc["rule"]) == ("reconstruction", 1, "scale")
+
+
+def test_cli_edit_latent_add_rule(cli_inputs, tmp_path):
+    root, model = cli_inputs
+    args = ["--latent", "1", "--strength", "0", "3", "--window", "2"]
+    assert main(_edit_args(root, model, tmp_path, *args)) == 0
+    doc = json.loads((tmp_path / "edit.json").read_text())
+    assert doc["rule"] == "add" and doc["feature"]["unit"] == "latent"
+    assert doc["rows"][0]["delta"] == 0 and doc["rows"][0]["pixel_vs_unedited"]["mse"] == 0
+    assert doc["rows"][1]["delta"] > 0  # the add rule moves h even where the latent is silent
+    assert doc["size_first_step"][0][0] == 0 and doc["size_first_step"][0][1] > 0
 
 
 @pytest.mark.parametrize(
@@ -271,6 +287,9 @@ def test_cli_edit_writes_outputs_and_reuses_the_cache(cli_inputs, tmp_path, caps
         (["--component", "16:0", "--kappa", "2"], "component"),
         (["--component", "0:0", "--kappa", "2", "--mask", "9:9,0:1"], "mask"),
         (["--component", "0:0", "--kappa", "2", "--threshold-k", "x"], "threshold-k"),
+        (["--latent", "0", "--kappa", "2", "--paper"], "--paper"),
+        (["--latent", "0"], "--strength"),
+        (["--latent", "0", "--strength", "1", "--tokens", "a,b"], "--tokens"),
     ],
 )
 def test_cli_edit_errors(cli_inputs, tmp_path, capsys, extra, message):

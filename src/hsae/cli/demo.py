@@ -104,11 +104,13 @@ def demo_stages(
 
     bench = {
         "attributes": EDIT_ATTRIBUTES,
-        "n_images": 12,
+        "n_test": 12,
         "n_val": 8,
-        "kappas": [0, 5, 25, 100, 400],
-        "scales": [1, 2, 4],
-        "edit_steps": "all",
+        "sizes": [0.5, 1.0],
+        "windows": "all",
+        "candidates": 3,
+        "effect_images": 4,
+        "no_components": True,  # single components do not flip (docs/editing.md); kept small
     }
 
     def pca() -> dict[str, object]:  # PCA-L needs L train images; tiny test runs have fewer

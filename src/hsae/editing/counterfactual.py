@@ -41,17 +41,15 @@ from tqdm import tqdm
 
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.invert import Inversion, invert, resume
-from hsae.editing.edit import (
+from hsae.editing.edit import edit_batch, parse_mask, resume_variants
+from hsae.editing.intervene import Component, parse_component
+from hsae.editing.setup import (
     EditSetup,
     add_setup_arguments,
-    edit_batch,
     load_images,
     load_setup,
-    parse_mask,
-    resume_variants,
     warn_timestep,
 )
-from hsae.editing.intervene import Component, parse_component
 from hsae.sae.base import BaseSAE
 from hsae.utils.metrics import image_metrics
 
@@ -244,7 +242,8 @@ def _run_batch(
 ) -> tuple[Tensor, dict[str, Counterfactual]]:
     inv = setup.invert(x)
     warn_timestep(setup, inv)
-    k = setup.threshold_k(inv)
+    k_resolved = setup.threshold_k(inv)  # recorded; the codes stay raw unless asked
+    k = k_resolved if args.threshold_codes else None
     mask = parse_mask(args.mask, setup.sae.cfg.spatial)
     opts = (args.mode, k, mask, args.window, setup.prompt)
     x_rec, cf = sae_counterfactual(setup.backbone, setup.sae, inv, comps, args.kappa, *opts)

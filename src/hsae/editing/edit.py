@@ -29,22 +29,19 @@ Outputs in --out: one PNG per image and κ, `grid.png` (per image: input | unedi
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hsae.cli.options import add_device_arguments, add_threshold_arguments
 from hsae.diffusion.backbone import DiffusionBackbone
-from hsae.diffusion.inversion_cache import InversionCache, invert_cached
-from hsae.diffusion.invert import Inversion, capture_h, resume
+from hsae.diffusion.invert import Inversion, resume
 from hsae.editing.intervene import (
     MODES,
     Component,
@@ -52,11 +49,8 @@ from hsae.editing.intervene import (
     encode_tokens,
     intervene,
     neurons_changed,
-    parse_component,
-    parse_edit_steps,
 )
 from hsae.sae.base import BaseSAE
-from hsae.sae.selection import is_sparse, parse_threshold_k, resolve_threshold_k
 from hsae.utils.metrics import PIXEL_CHANGE_TOL, pixel_metrics
 
 # (h of the edited rows, variant index of each row) → h̃ of those rows.
@@ -270,171 +264,6 @@ def parse_mask(specs: Sequence[str] | None, k: int) -> Tensor | None:
     return mask
 
 
-# ----- command-line set-up shared by edit / counterfactual / interpolate --------------------------
-def add_setup_arguments(p: argparse.ArgumentParser, edit_options: bool = True) -> None:
-    """Options every SAE-edit command shares (model, SAE, store, inversion, threshold, cache)."""
-    p.add_argument("--sae", type=Path, required=True, help="SAE folder (cfg.json, sae.safetensors)")
-    p.add_argument(
-        "--store",
-        type=Path,
-        default=None,
-        help="activation store: t/steps/prompt/model defaults and --threshold-k auto "
-        "(default: the store the SAE was trained on, if it still exists)",
-    )
-    p.add_argument("--model", default=None, help="'toy', a diffusers folder or hub id")
-    p.add_argument("--t", type=float, default=None, help="inversion depth (default: store's, 0.7)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: store's, 50)")
-    p.add_argument("--prompt", default=None, help="conditioning prompt (default: store's, '')")
-    add_threshold_arguments(p)
-    add_device_arguments(p)
-    p.add_argument(
-        "--window",
-        type=parse_edit_steps,
-        default=1,
-        help="edit the h of the first N resumed steps, or 'all' (default 1: the paper's)",
-    )
-    if edit_options:
-        p.add_argument("--mode", choices=MODES, default="reconstruction")
-        p.add_argument(
-            "--mask",
-            action="extend",
-            nargs="+",
-            default=None,
-            metavar="R0:R1,C0:C1",
-            help="edit only this box of the K×K map (half-open; several are united)",
-        )
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="inversion cache (default: $HSAE_CACHE or ~/.cache/hsae/inversions)",
-    )
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-@dataclass
-class EditSetup:
-    """Everything loaded from the shared options; `threshold_k` is resolved lazily."""
-
-    backbone: DiffusionBackbone
-    sae: BaseSAE
-    store: Any
-    t: float
-    steps: int
-    prompt: str
-    threshold_spec: int | str | None
-    target_sparsity: float
-    cache: InversionCache | None
-    progress: bool
-    _k: tuple[int | None, dict[str, Any]] | None = field(default=None, repr=False)
-
-    def invert(self, images: Tensor) -> Inversion:
-        return invert_cached(
-            self.backbone, images, self.t, self.steps, self.prompt, self.cache, self.progress
-        )
-
-    def threshold_k(self, inv: Inversion | None = None) -> int | None:
-        """k for eq. 9; auto without a store looks at the h of `inv` (first call only)."""
-        if self._k is None:
-            need_h = self.threshold_spec == "auto" and self.store is None and is_sparse(self.sae)
-            h = capture_h(self.backbone, inv, self.prompt) if need_h and inv is not None else None
-            self._k = resolve_threshold_k(
-                self.sae, self.threshold_spec, self.store, h, self.target_sparsity
-            )
-        return self._k[0]
-
-    @property
-    def k_note(self) -> str:
-        return self._k[1]["how"] if self._k is not None else "unresolved"
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "model": self.backbone.describe(),
-            "t": self.t,
-            "steps": self.steps,
-            "prompt": self.prompt,
-            "threshold_k": self._k[0] if self._k else None,
-            "threshold_note": self.k_note,
-            "store": str(self.store.path) if self.store is not None else None,
-        }
-
-
-def _open_store(explicit: Path | None, sae: BaseSAE) -> Any:
-    from hsae.data.store import ActivationStore
-
-    if explicit is not None:
-        return ActivationStore(explicit)
-    path = sae.cfg.store_path
-    if path and (Path(path) / "manifest.json").is_file():
-        try:
-            return ActivationStore(path)
-        except (OSError, ValueError) as e:
-            print(f"note: ignoring the SAE's training store {path}: {e}", file=sys.stderr)
-    return None
-
-
-def check_hspace(backbone: DiffusionBackbone, sae: BaseSAE, sae_path: Path | str) -> None:
-    want = (sae.cfg.n_channels, sae.cfg.spatial, sae.cfg.spatial)
-    have = tuple(backbone.hspace_shape())
-    if want != have:
-        raise ValueError(
-            f"SAE {sae_path} expects h of shape (C, K, K) = {want}, but model "
-            f"{backbone.model_id!r} has H-space {have}"
-        )
-
-
-def load_setup(args: argparse.Namespace) -> EditSetup:
-    from hsae.sae import load_sae
-
-    spec = parse_threshold_k(args.threshold_k)
-    if not 0.0 <= args.target_sparsity <= 1.0:
-        raise ValueError(f"--target-sparsity must be in [0, 1], got {args.target_sparsity}")
-    sae = load_sae(args.sae).eval()
-    store = _open_store(args.store, sae)
-    meta = store.meta if store is not None else {}
-    model = args.model or (meta.get("model") or {}).get("model_id") or sae.cfg.model_id or "toy"
-    backbone = DiffusionBackbone.load(model, dtype=args.dtype, device=args.device)
-    sae.to(backbone.device)  # float32 weights: h is cast to them and back (intervene)
-    check_hspace(backbone, sae, args.sae)
-    cache = None if args.no_cache else InversionCache.open(args.cache_dir)
-    return EditSetup(
-        backbone=backbone,
-        sae=sae,
-        store=store,
-        t=args.t if args.t is not None else float(meta.get("t", 0.7)),
-        steps=args.steps if args.steps is not None else int(meta.get("steps", 50)),
-        prompt=args.prompt if args.prompt is not None else str(meta.get("prompt", "")),
-        threshold_spec=spec,
-        target_sparsity=args.target_sparsity,
-        cache=cache,
-        progress=not args.no_progress,
-    )
-
-
-def warn_timestep(setup: EditSetup, inv: Inversion) -> None:
-    """The SAE only knows h of the timestep it was trained on; say so when they differ."""
-    trained = setup.sae.cfg.timestep
-    if trained is not None and int(trained) != inv.timestep:
-        print(
-            f"warning: the SAE was trained on h at timestep {trained}, editing at {inv.timestep}",
-            file=sys.stderr,
-        )
-
-
-def load_images(paths: Sequence[Path], size: int) -> tuple[Tensor, list[str]]:
-    """Images (B, 3, size, size) in [-1, 1] and a unique short name for each."""
-    from hsae.data.images import load_image
-
-    images = torch.stack([load_image(Path(p), size) for p in paths])
-    names, seen = [], set()
-    for i, p in enumerate(paths):
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(p).stem) or "image"
-        names.append(name if name not in seen else f"{name}-{i}")
-        seen.add(names[-1])
-    return images, names
-
-
 # ----- outputs ----------------------------------------------------------------------------------
 def kappa_label(kappa: float) -> str:
     return f"{kappa:g}"
@@ -540,72 +369,3 @@ def write_edit_outputs(
     atomic_write_json(out / "edit.json", jsonable(doc))
     atomic_write_text(out / "table.md", format_edit_table(doc))
     return doc
-
-
-# ----- command ----------------------------------------------------------------------------------
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "edit",
-        help="scale SAE components of an image's h_t by κ and resume (Algorithm 2)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--image", type=Path, action="extend", nargs="+", required=True)
-    p.add_argument(
-        "--component",
-        action="extend",
-        nargs="+",
-        required=True,
-        metavar="C:J|k",
-        help="channel:latent, or the paper's flat index k = C·L + J; several are scaled together",
-    )
-    p.add_argument("--kappa", type=float, action="extend", nargs="+", required=True)
-    add_setup_arguments(p)
-    p.add_argument("--out", type=Path, default=Path("runs/edit"), help="output folder")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    setup = load_setup(args)
-    images, names = load_images(args.image, setup.backbone.image_size)
-    components = [parse_component(c, setup.sae) for c in dict.fromkeys(args.component)]
-    mask = parse_mask(args.mask, setup.sae.cfg.spatial)
-    inv = setup.invert(images)
-    warn_timestep(setup, inv)
-    k = setup.threshold_k(inv)
-    res = edit_batch(
-        setup.backbone,
-        setup.sae,
-        inv,
-        components,
-        args.kappa,
-        args.mode,
-        k,
-        mask,
-        args.window,
-        setup.prompt,
-        progress=setup.progress,
-    )
-    warn_inactive(res, components, setup.sae, k, names)
-    info = {
-        **setup.settings(),
-        "sae": str(args.sae),
-        "images": [str(p) for p in args.image],
-        "components": [str(c) for c in components],
-        "flat_indices": [c.flat_index(setup.sae.cfg.n_latents) for c in components],
-        "mode": args.mode,
-        "window": args.window,
-        "mask": args.mask,
-        "timestep": inv.timestep,
-        "cache": _cache_info(setup.cache),
-    }
-    doc = write_edit_outputs(args.out, res, images, names, info)
-    print(format_edit_table(doc), end="")
-    print(f"wrote {args.out / 'edit.json'}, {args.out / 'table.md'}, grid.png, diff.png")
-    return 0
-
-
-def _cache_info(cache: InversionCache | None) -> dict[str, Any] | None:
-    if cache is None:
-        return None
-    return {"dir": str(cache.root), "hits": cache.hits, "misses": cache.misses}

@@ -38,8 +38,8 @@ from torch import Tensor
 
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.invert import Inversion, resume
-from hsae.editing.edit import add_setup_arguments, load_images, load_setup, warn_timestep
 from hsae.editing.intervene import decode_tokens, edit_step_count, encode_tokens
+from hsae.editing.setup import add_setup_arguments, load_images, load_setup, warn_timestep
 from hsae.sae.base import BaseSAE
 from hsae.utils.metrics import mse
 
@@ -221,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
     images, _ = load_images([args.a, args.b], setup.backbone.image_size)
     inv = setup.invert(images)
     warn_timestep(setup, inv)
-    k = setup.threshold_k(inv)
+    k_resolved = setup.threshold_k(inv)  # recorded; the codes stay raw unless asked
+    k = k_resolved if args.threshold_codes else None
     res = interpolate_pair(
         setup.backbone,
         setup.sae,
