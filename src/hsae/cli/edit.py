@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hsae.cli.options import add_setup_arguments
 from hsae.diffusion.inversion_cache import InversionCache
 from hsae.editing.edit import (
     edit_batch,
@@ -33,7 +34,7 @@ from hsae.editing.edit import (
 )
 from hsae.editing.editor import DEFAULT_RULE, PAPER, feature_batch
 from hsae.editing.intervene import parse_component
-from hsae.editing.setup import add_setup_arguments, load_images, load_setup, warn_timestep
+from hsae.editing.setup import load_images, load_setup, warn_timestep
 from hsae.editing.units import RULES
 
 

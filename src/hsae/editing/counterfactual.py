@@ -31,25 +31,17 @@ import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.invert import Inversion, invert, resume
 from hsae.editing.edit import edit_batch, parse_mask, resume_variants
-from hsae.editing.intervene import Component, parse_component
-from hsae.editing.setup import (
-    EditSetup,
-    add_setup_arguments,
-    load_images,
-    load_setup,
-    warn_timestep,
-)
+from hsae.editing.intervene import Component
+from hsae.editing.setup import EditSetup, load_images, warn_timestep
 from hsae.sae.base import BaseSAE
 from hsae.utils.metrics import image_metrics
 
@@ -142,20 +134,20 @@ def method_metrics(x: Tensor, x_rec: Tensor, cf: Counterfactual) -> dict[str, An
     }
 
 
-def _merge(acc: dict[str, Any], new: dict[str, Any]) -> None:
+def merge_metrics(acc: dict[str, Any], new: dict[str, Any]) -> None:
     """Append per-image lists of `new` to those of `acc` (same nesting)."""
     for k, v in new.items():
         if isinstance(v, dict):
-            _merge(acc.setdefault(k, {}), v)
+            merge_metrics(acc.setdefault(k, {}), v)
         else:
             acc.setdefault(k, []).extend(v)
 
 
-def _means(tree: dict[str, Any]) -> dict[str, Any]:
+def mean_metrics(tree: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():
         if isinstance(v, dict):
-            out[k] = _means(v)
+            out[k] = mean_metrics(v)
         else:  # an exactly restored image has PSNR inf, and so then has the mean
             out[k] = float(np.mean(v))
     return out
@@ -183,29 +175,9 @@ def format_table(doc: dict[str, Any]) -> str:
 
 
 # ----- command ----------------------------------------------------------------------------------
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "counterfactual",
-        help="edit with κ, re-invert, undo with 1/κ: how well SAE edits invert (§4.6.1)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--component", action="extend", nargs="+", required=True, metavar="C:J|k")
-    p.add_argument("--kappa", type=float, required=True, help="edit factor (undone by 1/κ)")
-    p.add_argument("--image", type=Path, action="extend", nargs="+", default=None)
-    p.add_argument("--data", type=Path, default=None, help="image folder (CelebA layout or plain)")
-    p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
-    p.add_argument("--n", type=int, default=8, help="images from --data (default 8)")
-    p.add_argument("--batch", type=int, default=8, help="images per batch")
-    p.add_argument("--attribute", default=None, help="add the mean-difference baseline for it")
-    p.add_argument("--baseline-scale", type=float, default=1.0, help="s of the h ± s·d baseline")
-    p.add_argument("--edit-prompt", default=None, help="text baseline (conditional models)")
-    add_setup_arguments(p)
-    p.add_argument("--out", type=Path, default=Path("runs/counterfactual"))
-    p.set_defaults(func=run)
 
 
-def _inputs(args: argparse.Namespace, size: int) -> tuple[Tensor, list[str]]:
+def load_inputs(args: argparse.Namespace, size: int) -> tuple[Tensor, list[str]]:
     from hsae.data.images import ImageDataset
 
     if args.image:
@@ -218,7 +190,7 @@ def _inputs(args: argparse.Namespace, size: int) -> tuple[Tensor, list[str]]:
     return torch.stack([ds[i][0] for i in range(len(ds))]), ds.ids
 
 
-def _baselines(args: argparse.Namespace, setup: EditSetup) -> dict[str, Any]:
+def prepare_baselines(args: argparse.Namespace, setup: EditSetup) -> dict[str, Any]:
     """What the chosen baselines need, checked before any image is inverted."""
     out: dict[str, Any] = {}
     if args.attribute is not None:
@@ -237,7 +209,7 @@ def _baselines(args: argparse.Namespace, setup: EditSetup) -> dict[str, Any]:
     return out
 
 
-def _run_batch(
+def run_batch(
     args: argparse.Namespace, setup: EditSetup, x: Tensor, comps: list[Component], base: dict
 ) -> tuple[Tensor, dict[str, Counterfactual]]:
     inv = setup.invert(x)
@@ -258,48 +230,3 @@ def _run_batch(
             setup.backbone, inv, setup.prompt, base["edit_prompt"]
         )
     return x_rec, methods
-
-
-def run(args: argparse.Namespace) -> int:
-    from hsae.utils.io import atomic_write_json, atomic_write_text
-    from hsae.utils.jsonable import jsonable
-    from hsae.utils.viz import save_grid
-
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    if args.kappa == 0 or not math.isfinite(args.kappa):
-        raise ValueError(f"--kappa must be finite and non-zero (undone by 1/κ), got {args.kappa}")
-    setup = load_setup(args)
-    comps = [parse_component(c, setup.sae) for c in dict.fromkeys(args.component)]
-    base = _baselines(args, setup)
-    images, names = _inputs(args, setup.backbone.image_size)
-    per: dict[str, Any] = {}
-    grid_rows: list[Tensor] = []
-    starts = range(0, len(images), args.batch)
-    for s in tqdm(starts, desc="counterfactual", disable=not setup.progress, leave=False):
-        x = images[s : s + args.batch]
-        x_rec, methods = _run_batch(args, setup, x, comps, base)
-        per_method = {name: method_metrics(x, x_rec, cf) for name, cf in methods.items()}
-        _merge(per, {"rec_vs_input": image_metrics(x_rec, x), "methods": per_method})
-        cols = [x, x_rec] + [t for cf in methods.values() for t in (cf.edited, cf.restored)]
-        grid_rows += [torch.stack([c[i] for c in cols]) for i in range(len(x))]
-    save_grid(grid_rows, args.out / "grid.png")
-    doc = {
-        **setup.settings(),
-        "sae": str(args.sae),
-        "components": [str(c) for c in comps],
-        "kappa": args.kappa,
-        "mode": args.mode,
-        "window": args.window,
-        "images": names,
-        "grid_columns": ["input", "invert→resume"]
-        + [f"{m} {w}" for m in per["methods"] for w in ("edited", "restored")],
-        "mean": _means(per),
-        "per_image": per,
-        "paths": {"grid": "grid.png", "table": "table.md"},
-    }
-    atomic_write_json(args.out / "counterfactual.json", jsonable(doc))
-    atomic_write_text(args.out / "table.md", format_table(doc))
-    print(format_table(doc), end="")
-    print(f"wrote {args.out / 'counterfactual.json'}, {args.out / 'table.md'}, grid.png")
-    return 0

@@ -27,7 +27,6 @@ frames with --h-baseline), `interpolate.gif` (the SAE frames forth and back), `i
 
 from __future__ import annotations
 
-import argparse
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,6 @@ from torch import Tensor
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.invert import Inversion, resume
 from hsae.editing.intervene import decode_tokens, edit_step_count, encode_tokens
-from hsae.editing.setup import add_setup_arguments, load_images, load_setup, warn_timestep
 from hsae.sae.base import BaseSAE
 from hsae.utils.metrics import mse
 
@@ -199,52 +197,3 @@ def write_outputs(out: Path, res: Interpolation, inputs: Tensor, info: dict) -> 
 
 
 # ----- command ----------------------------------------------------------------------------------
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "interpolate",
-        help="interpolate two images in SAE space (α_s = (1−s)α_a + sα_b) and resume",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--a", type=Path, required=True, help="first image")
-    p.add_argument("--b", type=Path, required=True, help="second image")
-    p.add_argument("--frames", type=int, default=8, help="frames including both ends")
-    p.add_argument("--z-interp", choices=Z_INTERP, default="slerp", help="z_t of each frame")
-    p.add_argument("--h-baseline", action="store_true", help="add a raw-h interpolation row")
-    add_setup_arguments(p, edit_options=False)
-    p.add_argument("--out", type=Path, default=Path("runs/interpolate"))
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    setup = load_setup(args)
-    images, _ = load_images([args.a, args.b], setup.backbone.image_size)
-    inv = setup.invert(images)
-    warn_timestep(setup, inv)
-    k_resolved = setup.threshold_k(inv)  # recorded; the codes stay raw unless asked
-    k = k_resolved if args.threshold_codes else None
-    res = interpolate_pair(
-        setup.backbone,
-        setup.sae,
-        inv,
-        args.frames,
-        k,
-        args.window,
-        setup.prompt,
-        args.z_interp,
-        args.h_baseline,
-        setup.progress,
-    )
-    info = {
-        **setup.settings(),
-        "sae": str(args.sae),
-        "a": str(args.a),
-        "b": str(args.b),
-        "z_interp": args.z_interp,
-        "window": args.window,
-        "timestep": inv.timestep,
-    }
-    doc = write_outputs(args.out, res, images, info)
-    print(format_table(doc), end="")
-    print(f"wrote {args.out / 'interpolate.json'}, grid.png, interpolate.gif, table.md")
-    return 0
