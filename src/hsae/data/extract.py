@@ -136,7 +136,9 @@ def _is_channels_last(unet: torch.nn.Module) -> bool:
     return w is not None and w.is_contiguous(memory_format=torch.channels_last)
 
 
-def fast_path(backbone: DiffusionBackbone, channels_last: str = "auto", compile: bool = False) -> dict:
+def fast_path(
+    backbone: DiffusionBackbone, channels_last: str = "auto", compile: bool = False
+) -> dict:
     """Apply the U-Net speed-ups; return what the store's metadata records of them.
 
     channels_last ("auto", "on", "off"): NHWC convolutions, on by default for CPU and CUDA where
@@ -248,9 +250,7 @@ def _extract_shards(
     todo = sum(b - a for a, b in map(writer.shard_rows, shards))
     opts = {"t": run[0], "steps": run[1], "prompt": run[2]}
     desc = "extract" if ranks.world == 1 else f"extract [rank {ranks.rank}/{ranks.world}]"
-    with tqdm(
-        total=todo, unit="img", desc=desc, disable=not progress, dynamic_ncols=True
-    ) as bar:
+    with tqdm(total=todo, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
         for i in shards:
             h = _shard_h(dataset, backbone, writer.shard_rows(i), batch, opts, bar)
             writer.write_shard(i, h, record=ranks.world == 1)

@@ -1,7 +1,8 @@
 """Image loading for every stage: plain folders and CelebA-format folders (real CelebA, toyfaces).
 
 Images come out as float32 (3, size, size) tensors in [-1, 1], the range diffusion models expect.
-Only PIL is used for decoding: torchvision does not load beside the CPU torch wheel (docs/design.md).
+Only PIL is used for decoding: torchvision does not load beside the CPU torch wheel (see
+docs/design.md).
 """
 
 from __future__ import annotations

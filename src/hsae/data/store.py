@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from hsae.utils.jsonable import jsonable as json_policy
 from hsae.utils.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from hsae.utils.jsonable import jsonable as json_policy
 
 FORMAT = "hsae-activation-store"
 VERSION = 1
