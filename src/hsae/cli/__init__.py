@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "hsae.cli.table2",
     "hsae.report.build",
     "hsae.cli.toy",
+    "hsae.cli.store",
 )
 
 

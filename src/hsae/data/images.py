@@ -135,7 +135,9 @@ def conversion_summary(counts: dict[str, int] | None, total: int) -> str:
     converted = counts.get("converted", 0)
     if not converted:
         return f"none of {total} (all RGB, the model's size, one frame)"
-    kinds = sorted(((k, v) for k, v in counts.items() if k != "converted"), key=lambda kv: -kv[1])
+    kinds = sorted(
+        ((k, v) for k, v in counts.items() if k != "converted"), key=lambda kv: (-kv[1], kv[0])
+    )
     return f"{converted} of {total}: " + ", ".join(f"{v} {k}" for k, v in kinds)
 
 

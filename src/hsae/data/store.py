@@ -676,7 +676,7 @@ class ActivationStore:
         return arr
 
 
-_REDO = "delete that shard file and re-run the same `hsae extract` command to redo it"
+_REDO = "delete the shard file(s) named and re-run the same `hsae extract` command to redo them"
 
 
 def _validate_manifest(path: Path, m: Any) -> dict[str, Any]:

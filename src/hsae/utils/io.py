@@ -30,8 +30,8 @@ def disk_full(path: Path, nbytes: int | None, cause: OSError) -> DiskFullError:
     size = f" ({_human_bytes(nbytes)})" if nbytes is not None else ""
     where = "quota exceeded" if cause.errno == errno.EDQUOT else "no space left on device"
     err = DiskFullError(
-        f"{where} while writing {path}{size}: nothing was overwritten; free some space in "
-        f"{path.parent} and re-run the same command to continue where it stopped"
+        f"{where} while writing {path}{size}: nothing was overwritten; free some space and "
+        "re-run the same command to continue where it stopped"
     )
     err.errno, err.filename = cause.errno, str(path)
     return err

@@ -4,7 +4,9 @@ The kernel drops a `flock` when its holder's last file descriptor closes, which 
 process killed with SIGKILL, so a lock is never left stuck by a dead writer: the next run simply
 takes it. The file itself stays (deleting it would let two processes lock two different inodes);
 it records the holder's pid, host and start time, only to name the holder in the refusal message.
-Readers never lock. Two writers in one process also conflict (each lock is its own open file).
+Readers never lock. Two writers in one process also conflict (each lock is its own open file),
+unless both ask for `reentrant=True`: then the nested one (e.g. a command that finishes an
+interrupted checkpoint swap, then calls the trainer) shares the outer one's lock.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from types import TracebackType
 from typing import Any
 
 LOCK_FILE = ".hsae.lock"
+# Reentrant locks this process holds: real folder path -> (fd, depth).
+_HELD: dict[str, tuple[int, int]] = {}
 
 
 class FolderLockedError(OSError):
@@ -28,9 +32,10 @@ class FolderLockedError(OSError):
 class FolderLock:
     """`with FolderLock(folder, "activation store"):` — refuse to run beside another writer."""
 
-    def __init__(self, folder: Path | str, what: str = "folder") -> None:
+    def __init__(self, folder: Path | str, what: str = "folder", reentrant: bool = False) -> None:
         self.folder = Path(folder)
         self.what = what
+        self.reentrant = reentrant
         self._fd: int | None = None
 
     @property
@@ -45,6 +50,12 @@ class FolderLock:
         if self._fd is not None:
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.folder)
+        if self.reentrant and key in _HELD:
+            fd, depth = _HELD[key]
+            _HELD[key] = (fd, depth + 1)
+            self._fd = fd
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -63,13 +74,23 @@ class FolderLock:
             os.close(fd)
             raise
         self._fd = fd
+        if self.reentrant:
+            _HELD[key] = (fd, 1)
         _write_holder(fd)
         return self
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)  # closing the only descriptor drops the flock
+        if fd is None:
+            return
+        if self.reentrant:
+            key = os.path.realpath(self.folder)
+            _, depth = _HELD.get(key, (fd, 1))
+            if depth > 1:
+                _HELD[key] = (fd, depth - 1)
+                return
+            _HELD.pop(key, None)
+        os.close(fd)  # closing the only descriptor drops the flock
 
     def __enter__(self) -> FolderLock:
         return self.acquire()
