@@ -18,7 +18,7 @@ drawn with a seeded RNG, of two sorts:
   first file operation, within the reference's span from first to last (mid-computation and
   mid-write alike).
 
-Kills come in chains of 1-4: the command is killed, its resume is killed, and so on; then a last
+Kills come in chains of 2-4: the command is killed, its resume is killed, and so on; then a last
 resume runs to the end (`hsae train` resumes with --resume, the others by re-running the same
 command) and its output folder is compared with the reference's: every visible file by sha256,
 hidden leftovers (temp files) listed apart. Only wall-clock fields are left out (metrics.json's
@@ -298,7 +298,7 @@ class Trial:
 
 
 def plan_chains(events: list[dict[str, Any]], n: int, rng: random.Random) -> list[list[str]]:
-    """n kill instants in chains of 1-4: ~60% before a file op (round robin over the kinds of
+    """n kill instants in chains of 2-4: ~60% before a file op (round robin over the kinds of
     write the reference made, N uniform over that kind's count), the rest timed (uniform over
     the reference's span from first to last file op)."""
     count: dict[str, int] = {}
@@ -319,7 +319,7 @@ def plan_chains(events: list[dict[str, Any]], n: int, rng: random.Random) -> lis
             instants.append(f"{h}:{rng.randint(1, count[kind])}")
     chains = []
     while instants:
-        k = rng.choice([1, 1, 2, 3, 4])
+        k = rng.choice([2, 3, 4])
         chains.append(instants[:k])
         instants = instants[k:]
     return chains
