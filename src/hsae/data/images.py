@@ -93,8 +93,11 @@ def _open_checked(path: Path) -> Image.Image:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             return Image.open(path)
-        except Image.DecompressionBombWarning as e:
-            raise BadImageError(f"image {path}: {e}; refusing it") from e
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise BadImageError(
+                f"image {path}: {e} (PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}); "
+                "refusing it (a trusted large image can be allowed by raising that limit)"
+            ) from e
 
 
 def _decode_rgb(path: Path) -> Image.Image:
@@ -106,8 +109,8 @@ def _decode_rgb(path: Path) -> Image.Image:
             return _to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError as e:
         raise BadImageError(f"image file {path} not found; expected an image file there") from e
-    except Image.DecompressionBombError as e:
-        raise BadImageError(f"image {path}: {e}; refusing it") from e
+    except BadImageError:
+        raise
     except _DECODE_ERRORS as e:
         raise BadImageError(
             f"cannot read image {path}: {e}; expected a valid image file "
@@ -171,6 +174,8 @@ def check_image(path: Path, size: int) -> None:
             im.verify()  # catches PNG checksum damage that decoding alone may let through
     except FileNotFoundError as e:
         raise BadImageError(f"image file {path} not found; expected an image file there") from e
+    except BadImageError:
+        raise
     except _DECODE_ERRORS as e:
         raise BadImageError(f"image {path} fails PIL's integrity check: {e}") from e
     load_image(path, size)
