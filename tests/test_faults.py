@@ -299,6 +299,6 @@ def test_decompression_bomb_and_absurd_sizes_name_pils_limit(tmp_path, monkeypat
     with pytest.raises(BadImageError, match="decompression"):
         conversion_of(big, 8)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 700)  # 1600 > 2x: PIL's own error
-    with pytest.raises(BadImageError, match=r"^image .*big\.png: .* MAX_IMAGE_PIXELS = 700\)"):
+    with pytest.raises(BadImageError, match=r"^image .*big\.png: .*MAX_IMAGE_PIXELS = 700\)"):
         load_image(big, 8)
     assert load_image(strip, 2).shape == (3, 2, 2)  # resized to 2 x 60 pixels: fine
