@@ -331,7 +331,15 @@ def _killed_at(run: Run) -> str:
     return f"{e['kind']} {e['op']} {e['path']}" if e else "before any file op"
 
 
-def run_stage(stage: Stage, work: Path, n_kills: int, rng: random.Random) -> dict[str, Any]:
+def run_stage(
+    stage: Stage,
+    work: Path,
+    n_kills: int,
+    rng: random.Random,
+    chains: list[list[str]] | None = None,
+) -> dict[str, Any]:
+    """Reference run, then the kill chains (drawn from rng, or given as "event KIND:N" /
+    "timed SECONDS" instants), each resumed and compared; returns the stage's figures."""
     ref_dir = work / "ref" / stage.name
     shutil.rmtree(ref_dir, ignore_errors=True)
     ref_dir.mkdir(parents=True)
@@ -340,7 +348,8 @@ def run_stage(stage: Stage, work: Path, n_kills: int, rng: random.Random) -> dic
         raise SystemExit(f"reference {stage.name} failed (exit {ref.rc}):\n{ref.stderr}")
     ref_files, ref_hidden = snapshot(ref_dir / stage.out)
     trials = []
-    for i, chain in enumerate(plan_chains(ref.events, n_kills, rng)):
+    chains = plan_chains(ref.events, n_kills, rng) if chains is None else chains
+    for i, chain in enumerate(chains):
         trial = Trial(stage.name, i)
         folder = work / "trials" / f"{stage.name}-{i:03d}"
         shutil.rmtree(folder, ignore_errors=True)
