@@ -43,7 +43,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,11 @@ def read_events(log: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in lines if x.endswith("}")]  # a killed write may be cut short
 
 
+# Set by main(): fork each run from this process, which has imported hsae once (a fresh
+# interpreter per run spends most of its time importing torch), or spawn a fresh interpreter.
+FORK = {"on": False}
+
+
 def run_hsae(
     args: list[str],
     work: Path,
@@ -175,16 +182,19 @@ def run_hsae(
     fill, fill the disk there); kill_after: SIGKILL that many seconds after the first file op."""
     if log is not None:
         log.unlink(missing_ok=True)
-    cmd = [sys.executable, "-c", LAUNCH, *args]
+    env = child_env(work, log, kill_at, fill)
     t0 = time.monotonic()
-    p = subprocess.Popen(
-        cmd,
-        env=child_env(work, log, kill_at, fill),
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    if FORK["on"]:
+        p: Any = Forked(args, env, cwd)
+    else:
+        p = subprocess.Popen(
+            [sys.executable, "-c", LAUNCH, *args],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     if kill_after is not None and log is not None:
         _kill_later(p, log, kill_after)
     _, err = p.communicate()
@@ -192,7 +202,72 @@ def run_hsae(
     return Run(p.returncode, time.monotonic() - t0, events, err)
 
 
-def _kill_later(p: subprocess.Popen, log: Path, delay: float) -> None:
+class Forked:
+    """`hsae ARGS` in a child forked from this process: `hsae.cli.main(ARGS)` with the child's
+    own environment, folder, stderr file and (when logging) audit hook. The Popen calls used
+    here: poll, wait, send_signal, communicate, returncode."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None) -> None:
+        fd, self._err = tempfile.mkstemp(prefix="hsae-fault-", suffix=".err")
+        os.close(fd)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._child(args, env, cwd)
+
+    def _child(self, args: list[str], env: dict[str, str], cwd: Path | None) -> None:
+        code = 1
+        try:
+            os.environ.clear()
+            os.environ.update(env)
+            if cwd is not None:
+                os.chdir(cwd)
+            os.dup2(os.open(self._err, os.O_WRONLY | os.O_TRUNC), 2)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            if env.get("HSAE_FAULT_LOG"):
+                install_hook()
+            from hsae.cli import main as hsae_main
+
+            sys.argv = ["hsae", *args]
+            code = hsae_main(args)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if end is not None and time.monotonic() > end:
+                raise subprocess.TimeoutExpired("hsae", timeout or 0.0)
+            time.sleep(0.01)
+        return int(self.returncode)  # type: ignore[arg-type]
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def communicate(self) -> tuple[None, str]:
+        self.wait()
+        err = Path(self._err).read_text(errors="replace")
+        Path(self._err).unlink(missing_ok=True)
+        return None, err
+
+
+def _kill_later(p: Any, log: Path, delay: float) -> None:
     """SIGKILL p `delay` seconds after its first logged file operation (if still running)."""
     while p.poll() is None:
         events = read_events(log)
@@ -535,8 +610,16 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="disk-full trials per stage (needs root: tmpfs)",
     )
+    p.add_argument(
+        "--spawn",
+        action="store_true",
+        help="a fresh interpreter per run (default: fork each run from this process, hsae "
+        "imported once)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = p.parse_args(argv)
+    if not args.spawn:
+        prepare_fork()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
@@ -586,6 +669,15 @@ def main(argv: list[str] | None = None) -> int:
         for f in full
     )
     return 0 if all(f["lost"] == 0 for f in rows) and full_ok else 1
+
+
+def prepare_fork() -> None:
+    """Import hsae and every command module once, single-threaded, for the forked runs."""
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    from hsae.cli import build_parser
+
+    build_parser()
+    FORK["on"] = True
 
 
 def _needed(name: str, wanted: list[str], work: Path) -> bool:

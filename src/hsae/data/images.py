@@ -67,7 +67,8 @@ def _resize_center_crop(img: Image.Image, size: int, path: Path | None = None) -
     w, h = img.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    if new_w * new_h > Image.MAX_IMAGE_PIXELS:  # e.g. a 1 x 100000 strip resized to side 512
+    limit = Image.MAX_IMAGE_PIXELS  # None: the user switched PIL's limit off
+    if limit is not None and new_w * new_h > limit:  # e.g. a 1 x 100000 strip at side 512
         what = f"{w}x{h}, resized to {new_w}x{new_h} ="
         raise _bomb_error(path or Path("?"), new_w * new_h, what)
     if (new_w, new_h) != (w, h):
