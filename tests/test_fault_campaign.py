@@ -14,11 +14,13 @@ import pytest
 
 from hsae.toy.toyfaces import write_dataset
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "fault_campaign.py"
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load_campaign():
-    spec = importlib.util.spec_from_file_location("fault_campaign", BENCH)
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))  # the campaign imports its runner from beside it
+    spec = importlib.util.spec_from_file_location("fault_campaign", BENCH / "fault_campaign.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
@@ -26,7 +28,7 @@ def load_campaign():
 
 
 # Each chain: the command killed before one file operation, its resume killed before another,
-# then a resume to the end (8 processes in all, each importing torch).
+# then a resume to the end: 8 processes in all, forked from this one as the campaign does.
 CHAINS = {
     "extract": [["event shard:3", "event manifest:2"]],
     "train": [["event checkpoint:4", "event checkpoint:2"]],
@@ -36,6 +38,7 @@ CHAINS = {
 @pytest.mark.slow
 def test_killed_extract_and_train_resume_to_identical_bytes(tmp_path: Path) -> None:
     fc = load_campaign()
+    fc.prepare_fork()
     write_dataset(tmp_path / "data", 12, seed=0, progress=False)
     sizes = argparse.Namespace(ddim_steps=2, sae_steps=14)
     by_name = {s.name: s for s in fc.stages(tmp_path, sizes)}
