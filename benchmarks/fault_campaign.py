@@ -26,7 +26,8 @@ resume runs to the end (`hsae train` resumes with --resume, the others by re-run
 command) and its output folder is compared with the reference's: every visible file by sha256,
 hidden leftovers (temp files) listed apart. Only wall-clock fields are left out (metrics.json's
 timings, trainer_state.pt's elapsed seconds). A chain is "identical", "different" (silently
-wrong) or "failed" (the last resume exited non-zero); lost = different + failed.
+wrong) or "failed" (the last resume exited non-zero); lost = different + failed. A kill that misses
+(its run finished first: a resume has less left to do) is drawn again until --kills have landed.
 
 --disk-full N (root only: it mounts a small tmpfs per stage): N runs of extract and train in
 which, right before a seeded shard, manifest or checkpoint write, the hook fills the file system
@@ -193,41 +194,60 @@ def run_stage(
     if ref.rc != 0:
         raise SystemExit(f"reference {stage.name} failed (exit {ref.rc}):\n{ref.stderr}")
     ref_files, ref_hidden = snapshot(ref_dir / stage.out)
-    trials = []
-    chains = plan_chains(ref.events, n_kills, rng) if chains is None else chains
-    for i, chain in enumerate(chains):
-        trial = Trial(stage.name, i)
-        folder = work / "trials" / f"{stage.name}-{i:03d}"
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        for j, how in enumerate(chain):
-            cmd, log = stage.command(resume=j > 0), folder / f"kill-{j}.log"
-            if how.startswith("timed"):
-                run = run_hsae(cmd, work, log, kill_after=float(how.split()[1]), cwd=folder)
-            else:
-                run = run_hsae(cmd, work, log, kill_at=how.split()[1], cwd=folder)
-            kill = Kill(how, run.rc == -signal.SIGKILL, _killed_at(run))
-            trial.kills.append(kill)
-            if not kill.landed:
-                break  # it ran to the end: the rest of the chain has nothing left to kill
-        final = run_hsae(stage.command(resume=True), work, cwd=folder)
-        files, hidden = snapshot(folder / stage.out)
-        trial.leftovers = [h for h in hidden if h not in ref_hidden]
-        if final.rc != 0:
-            trial.outcome = "failed"
-            trial.detail = final.stderr.strip().splitlines()[-3:]
-        else:
-            trial.detail = differences(ref_files, files)
-            trial.outcome = "different" if trial.detail else "identical"
-        landed = [k for k in trial.kills if k.landed]
-        print(
-            f"{stage.name} #{i:02d} kills {len(landed)}/{len(trial.kills)} "
-            f"[{'; '.join(f'{k.how} @ {k.at}' for k in trial.kills)[:150]}] -> {trial.outcome} "
-            f"{' '.join(trial.detail)[:200]}",
-            flush=True,
-        )
+    trials: list[Trial] = []
+    drawn = chains is None
+    queue = plan_chains(ref.events, n_kills, rng) if chains is None else list(chains)
+    i = -1
+    while queue:
+        chain, i = queue.pop(0), i + 1
+        trial = run_chain(stage, work, i, chain, ref_files, ref_hidden)
         trials.append(trial)
+        landed = sum(k.landed for t in trials for k in t.kills)
+        if drawn and not queue and landed < n_kills:  # a kill that missed is drawn again
+            queue = plan_chains(ref.events, n_kills - landed, rng)
     return _stage_figures(stage, ref, trials)
+
+
+def run_chain(
+    stage: Stage,
+    work: Path,
+    i: int,
+    chain: list[str],
+    ref_files: dict[str, str],
+    ref_hidden: list[str],
+) -> Trial:
+    """Run one chain of kills, the last resume, and compare with the reference."""
+    trial = Trial(stage.name, i)
+    folder = work / "trials" / f"{stage.name}-{i:03d}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for j, how in enumerate(chain):
+        cmd, log = stage.command(resume=j > 0), folder / f"kill-{j}.log"
+        if how.startswith("timed"):
+            run = run_hsae(cmd, work, log, kill_after=float(how.split()[1]), cwd=folder)
+        else:
+            run = run_hsae(cmd, work, log, kill_at=how.split()[1], cwd=folder)
+        kill = Kill(how, run.rc == -signal.SIGKILL, _killed_at(run))
+        trial.kills.append(kill)
+        if not kill.landed:
+            break  # it ran to the end: the rest of the chain has nothing left to kill
+    final = run_hsae(stage.command(resume=True), work, cwd=folder)
+    files, hidden = snapshot(folder / stage.out)
+    trial.leftovers = [h for h in hidden if h not in ref_hidden]
+    if final.rc != 0:
+        trial.outcome = "failed"
+        trial.detail = final.stderr.strip().splitlines()[-3:]
+    else:
+        trial.detail = differences(ref_files, files)
+        trial.outcome = "different" if trial.detail else "identical"
+    landed = [k for k in trial.kills if k.landed]
+    print(
+        f"{stage.name} #{i:02d} kills {len(landed)}/{len(trial.kills)} "
+        f"[{'; '.join(f'{k.how} @ {k.at}' for k in trial.kills)[:150]}] -> {trial.outcome} "
+        f"{' '.join(trial.detail)[:200]}",
+        flush=True,
+    )
+    return trial
 
 
 def _stage_figures(stage: Stage, ref: Run, trials: list[Trial]) -> dict[str, Any]:
@@ -263,7 +283,7 @@ def _stage_figures(stage: Stage, ref: Run, trials: list[Trial]) -> dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("runs/faults"), help="scratch folder")
-    p.add_argument("--kills", type=int, default=20, help="trials per stage (default 20)")
+    p.add_argument("--kills", type=int, default=20, help="kills that land, per stage (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stages", nargs="+", default=["extract", "train", "editbench"])
     p.add_argument("--images", type=int, default=20, help="toyfaces images (default 20)")
