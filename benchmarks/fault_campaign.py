@@ -282,7 +282,7 @@ def _stage_figures(stage: Stage, ref: Run, trials: list[Trial]) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--work", type=Path, default=Path("runs/faults"), help="scratch folder")
+    p.add_argument("--work", type=Path, default=Path("runs/faults"), help="work folder")
     p.add_argument("--kills", type=int, default=20, help="kills that land, per stage (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stages", nargs="+", default=["extract", "train", "editbench"])
