@@ -282,7 +282,7 @@ def test_odd_images_are_counted_in_the_manifest(tmp_path: Path) -> None:
     with ActivationStoreWriter.open(tmp_path / "s", **args) as w:
         for i in w.pending_shards():
             a, b = w.shard_rows(i)
-            w.write_shard(i, np.zeros((b - a, *SHAPE)), count_conversions(got[a:b]))
+            w.write_shard(i, np.zeros((b - a, *SHAPE)), conversions=count_conversions(got[a:b]))
     store = ActivationStore(tmp_path / "s")
     assert store.conversions() == counts
     assert conversion_summary(store.conversions(), len(store)) == line
