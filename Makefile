@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install chromium demo docs test test-fast lint bench sd-check table2 figures figures-toy \
-  figures-sae retrain-toy check-toy-card retrain-classifier clean editbench
+.PHONY: install chromium demo docs test test-fast lint bench faults sd-check table2 figures \
+  figures-toy figures-sae retrain-toy check-toy-card retrain-classifier clean editbench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ bench: $(STAMP)
 # SD 2.1-base's real U-Net and VAE with random weights on the CPU (~6 GB RAM, many minutes).
 sd-check: $(STAMP)
 	HSAE_SD_CHECK=1 $(VENV)/bin/pytest -q -s tests/diffusion/test_sd_sized.py
+
+# Kill campaign (docs/reliability.md): extract, train and editbench each SIGKILLed at 20 seeded
+# instants and resumed, compared byte for byte with an uninterrupted run; disk-full runs need root
+# (a small tmpfs is mounted). Tiny sizes: about an hour on one busy core, minutes when idle.
+faults: $(STAMP)
+	$(PY) benchmarks/fault_campaign.py --kills 20 --disk-full 3 --work runs/faults \
+	  --json runs/faults/campaign.json
 
 # The shifted-nuisance faces: made by figures-toy (classifier OOD) or table2, whichever runs first.
 SHIFTED := data/toyfaces-shifted

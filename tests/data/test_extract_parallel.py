@@ -13,6 +13,7 @@ from hsae.data.extract import Ranks, extract
 from hsae.data.images import ImageDataset
 from hsae.data.store import MANIFEST, ActivationStore
 from hsae.diffusion.backbone import DiffusionBackbone
+from hsae.utils.lock import LOCK_FILE
 
 N, SHARD, BATCH, STEPS, T = 12, 2, 2, 4, 0.5
 
@@ -52,7 +53,8 @@ def _launch(model: str, data: Path, out: Path) -> None:
 
 
 def _files(store: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(store.iterdir())}
+    # The lock file holds its last holder's pid and time, not data.
+    return {p.name: p.read_bytes() for p in sorted(store.iterdir()) if p.name != LOCK_FILE}
 
 
 @pytest.fixture(scope="module")

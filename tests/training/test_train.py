@@ -19,6 +19,7 @@ from hsae.sae import build_sae, load_sae, make_config
 from hsae.training import TrainConfig, TrainingDivergedError, train
 from hsae.training import checkpoint as CK
 from hsae.training import loop as LP
+from hsae.utils.lock import LOCK_FILE
 from hsae.utils.splits import split_rows
 
 C, K, N, N_TEST = 8, 4, 48, 8  # 40 training images × 8 channel tokens of 16 dims
@@ -206,7 +207,8 @@ def test_failed_checkpoint_write_keeps_the_previous_one(store, straight, tmp_pat
     monkeypatch.setattr(sae, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         train(sae, store, tcfg(l1_warmup=16), tmp_path, progress=False)
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert hidden == [LOCK_FILE]  # no temp checkpoint left; the (released) lock file stays
     ckpt = T.checkpoint_dir(tmp_path)
     assert ckpt is not None and T.read_trainer_state(ckpt)["trainer"]["step"] == 12
     load_sae(ckpt)  # readable

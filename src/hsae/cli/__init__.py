@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "hsae.cli.table2",
     "hsae.cli.report",
     "hsae.cli.toy",
+    "hsae.cli.store",
 )
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hsae.data.images import conversion_summary, count_conversions
 from hsae.data.store import SPLIT_CODES, ActivationStore, ActivationStoreWriter
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.hspace import mid_block_of
@@ -177,6 +178,12 @@ def _shard_h(
     return np.concatenate(parts)
 
 
+def _shard_conversions(dataset: ImageSource, rows: tuple[int, int]) -> dict[str, int] | None:
+    """How the shard's images were converted on loading (mode, size, frames), from headers."""
+    of = getattr(dataset, "conversion_of", None)
+    return None if of is None else count_conversions(of(i) for i in range(*rows))
+
+
 def extract(
     dataset: ImageSource,
     backbone: DiffusionBackbone,
@@ -206,12 +213,16 @@ def extract(
     else:
         ranks.barrier()
         writer = ActivationStoreWriter.attach(out)
-    mine = writer.pending_shards()[ranks.rank :: ranks.world]
-    _extract_shards(dataset, backbone, writer, mine, batch, (t, steps, prompt), progress, ranks)
-    ranks.barrier()
-    if ranks.world > 1 and ranks.rank == 0:
-        writer.adopt_entries()
-    ranks.barrier()
+    try:  # rank 0's writer holds the store's lock (hsae.utils.lock) until the end
+        mine = writer.pending_shards()[ranks.rank :: ranks.world]
+        run = (t, steps, prompt)
+        _extract_shards(dataset, backbone, writer, mine, batch, run, progress, ranks)
+        ranks.barrier()
+        if ranks.world > 1 and ranks.rank == 0:
+            writer.adopt_entries()
+        ranks.barrier()
+    finally:
+        writer.close()
     return Path(out)
 
 
@@ -252,8 +263,10 @@ def _extract_shards(
     desc = "extract" if ranks.world == 1 else f"extract [rank {ranks.rank}/{ranks.world}]"
     with tqdm(total=todo, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
         for i in shards:
-            h = _shard_h(dataset, backbone, writer.shard_rows(i), batch, opts, bar)
-            writer.write_shard(i, h, record=ranks.world == 1)
+            rows = writer.shard_rows(i)
+            h = _shard_h(dataset, backbone, rows, batch, opts, bar)
+            conversions = _shard_conversions(dataset, rows)
+            writer.write_shard(i, h, record=ranks.world == 1, conversions=conversions)
 
 
 def _human_bytes(n: float) -> str:
@@ -272,6 +285,7 @@ def summary(store: ActivationStore) -> str:
         f"activation store  {store.path}",
         f"  h shape         {store.shape} {store.dtype}  ({HOOK_POINT})",
         f"  images          {len(store)}  (skipped unreadable: {len(store.skipped)})",
+        f"  converted       {conversion_summary(store.conversions(), len(store))}",
         f"  timestep        {m['timestep']} of {model.get('kind', '?')} model "
         f"{model.get('model_id', '?')!r}  (t={m['t']}, DDIM grid of {m['steps']} steps)",
         f"  shards          {n_shards} x <= {store.manifest['shard_size']} rows",

@@ -8,8 +8,10 @@ docs/design.md).
 from __future__ import annotations
 
 import struct
+import warnings
 import zlib
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +64,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+def _resize_center_crop(img: Image.Image, size: int, path: Path | None = None) -> Image.Image:
     w, h = img.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    limit = Image.MAX_IMAGE_PIXELS  # None: the user switched PIL's limit off
+    if limit is not None and new_w * new_h > limit:  # e.g. a 1 x 100000 strip at side 512
+        what = f"{w}x{h}, resized to {new_w}x{new_h} ="
+        raise _bomb_error(path or Path("?"), new_w * new_h, what)
     if (new_w, new_h) != (w, h):
         # Pillow's bicubic filter widens its support when shrinking, i.e. it antialiases.
         img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
@@ -73,20 +79,81 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def _bomb_error(path: Path, pixels: int, what: str) -> BadImageError:
+    limit = Image.MAX_IMAGE_PIXELS
+    return BadImageError(
+        f"image {path}: {what} {pixels:,} pixels, more than PIL's decompression-bomb limit "
+        f"PIL.Image.MAX_IMAGE_PIXELS = {limit:,}; refusing it (a trusted large image can be "
+        "allowed by raising that limit)"
+    )
+
+
+def _open_checked(path: Path) -> Image.Image:
+    """Image.open with PIL's decompression-bomb warning (1-2x MAX_IMAGE_PIXELS) made an error:
+    PIL would decode such an image, at the cost of up to ~180M pixels of memory."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise BadImageError(
+                f"image {path}: {e} (PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}); "
+                "refusing it (a trusted large image can be allowed by raising that limit)"
+            ) from e
+
+
 def _decode_rgb(path: Path) -> Image.Image:
     """Fully decode `path` to RGB, turning every decoder failure into BadImageError."""
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             im.load()  # decode now, inside the try: Image.open alone reads only the header
             # Camera photos store their rotation in EXIF rather than in the pixels.
             return _to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError as e:
         raise BadImageError(f"image file {path} not found; expected an image file there") from e
+    except BadImageError:
+        raise
     except _DECODE_ERRORS as e:
         raise BadImageError(
             f"cannot read image {path}: {e}; expected a valid image file "
             f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
         ) from e
+
+
+def conversion_of(path: Path, size: int) -> str | None:
+    """What loading `path` at `size` changes, from its header alone: None for an RGB
+    size x size single-frame image, else e.g. "CMYK->RGB", "resized", "3 frames->first"."""
+    with _open_checked(Path(path)) as im:
+        mode, (w, h), frames = im.mode, im.size, int(getattr(im, "n_frames", 1) or 1)
+    parts = [f"{mode}->RGB"] if mode != "RGB" else []
+    if (w, h) != (size, size):
+        parts.append("resized" if w == h else "cropped+resized")
+    if frames > 1:
+        parts.append("animated->first frame")
+    return ", ".join(parts) or None
+
+
+def conversion_summary(counts: dict[str, int] | None, total: int) -> str:
+    """One line: how many of `total` images were converted, and how (counts from the manifest)."""
+    if counts is None:
+        return "not recorded (a store written before conversions were counted)"
+    converted = counts.get("converted", 0)
+    if not converted:
+        return f"none of {total} (all RGB, the model's size, one frame)"
+    kinds = sorted(
+        ((k, v) for k, v in counts.items() if k != "converted"), key=lambda kv: (-kv[1], kv[0])
+    )
+    return f"{converted} of {total}: " + ", ".join(f"{v} {k}" for k, v in kinds)
+
+
+def count_conversions(kinds: Iterable[str | None]) -> dict[str, int]:
+    """{"converted": n, "<kind>": n, ...} over per-image conversion_of() results."""
+    counts: Counter[str] = Counter()
+    for kind in kinds:
+        if kind:
+            counts["converted"] += 1
+            counts.update(kind.split(", "))
+    return dict(counts)
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
@@ -97,7 +164,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     """
     if size <= 0:
         raise ValueError(f"image size must be a positive number of pixels, got {size}")
-    img = _resize_center_crop(_decode_rgb(Path(path)), size)
+    img = _resize_center_crop(_decode_rgb(Path(path)), size, Path(path))
     arr = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
@@ -105,10 +172,12 @@ def load_image(path: Path, size: int) -> torch.Tensor:
 def check_image(path: Path, size: int) -> None:
     """Raise BadImageError unless `path` passes PIL's integrity check and loads fully."""
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             im.verify()  # catches PNG checksum damage that decoding alone may let through
     except FileNotFoundError as e:
         raise BadImageError(f"image file {path} not found; expected an image file there") from e
+    except BadImageError:
+        raise
     except _DECODE_ERRORS as e:
         raise BadImageError(f"image {path} fails PIL's integrity check: {e}") from e
     load_image(path, size)
@@ -313,6 +382,13 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         i = range(len(self.records))[i]  # normalises negative indices, raises IndexError
         return load_image(self.records[i].path, self.size), i
+
+    def conversion_of(self, i: int) -> str | None:
+        """How image i is converted on loading (None: used as is); reads its header only."""
+        try:
+            return conversion_of(self.records[i].path, self.size)
+        except (BadImageError, *_DECODE_ERRORS):
+            return None  # loading it reports the problem, with the file named
 
 
 def batches(ds: ImageDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, list[int]]]:

@@ -11,7 +11,13 @@ the manifest lists it: its file is written to a hidden temp file in the same fol
 renamed, and only then is {index, file, rows, bytes, sha256} added to the manifest. So a killed
 writer leaves either a listed, complete shard or nothing the reader will ever look at; a shard file
 the manifest does not list is overwritten on resume, and temp files are never read (stale ones are
-removed when a writer opens the folder, so one folder has one writer at a time).
+removed when a writer opens the folder). One folder has one writer at a time: the writer holds
+a lock on the folder (hsae.utils.lock, dropped by the kernel if the writer dies).
+
+Reading checks what the manifest promises: a shard's size when the store is opened, and its
+sha256 the first time this process reads rows from it (a process-wide cache keyed by path, size
+and mtime, so a shard is hashed once per process however often it is opened). `verify()` (the
+`hsae store verify` command) hashes every shard.
 
 This module knows nothing of SAEs or diffusers: run metadata arrives as a JSON-able dict.
 """
@@ -29,6 +35,7 @@ import numpy as np
 
 from hsae.utils.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from hsae.utils.jsonable import jsonable as json_policy
+from hsae.utils.lock import LOCK_FILE, FolderLock
 
 FORMAT = "hsae-activation-store"
 VERSION = 1
@@ -95,9 +102,12 @@ def _to_numpy(h: Any) -> np.ndarray:
 class ActivationStoreWriter:
     """Creates a store or resumes one; refuses to mix runs with different settings."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(
+        self, path: Path, manifest: dict[str, Any], lock: FolderLock | None = None
+    ) -> None:
         self.path = path
         self.manifest = manifest
+        self.lock = lock  # None for an attached parallel writer: the manifest's owner holds it
 
     @classmethod
     def open(
@@ -117,21 +127,38 @@ class ActivationStoreWriter:
         fresh = _new_manifest(meta, shape, dtype, shard_size, ids, attribute_names, splits, skipped)
         attrs = _check_attributes(attributes, len(fresh["ids"]), fresh["attribute_names"])
         fresh["attributes_file"] = ATTRIBUTES_FILE if attrs is not None else None
-        if (out / MANIFEST).is_file():
-            old = _validate_manifest(out, read_json(out / MANIFEST, "activation store manifest"))
-            _check_same_run(out, old, fresh, attrs)
-            writer = cls(out, old)
-            writer._drop_broken_shards()
-            writer.adopt_entries()  # shards finished by parallel writers of a killed run
-        else:
-            _check_empty_or_store(out)
-            out.mkdir(parents=True, exist_ok=True)
-            if attrs is not None:
-                atomic_write_bytes(out / ATTRIBUTES_FILE, _npy_bytes(attrs))
-            writer = cls(out, fresh)
-            writer._save()
-        writer._remove_stale_temps()
+        if not (out / MANIFEST).is_file():
+            _check_empty_or_store(out)  # before the lock: leave no lock file in a foreign folder
+        lock = FolderLock(out, "activation store").acquire()
+        try:  # decided under the lock: another writer may have made the manifest meanwhile
+            if (out / MANIFEST).is_file():
+                raw = read_json(out / MANIFEST, "activation store manifest")
+                old = _validate_manifest(out, raw)
+                _check_same_run(out, old, fresh, attrs)
+                writer = cls(out, old, lock)
+                writer._drop_broken_shards()
+                writer.adopt_entries()  # shards finished by parallel writers of a killed run
+            else:
+                if attrs is not None:
+                    atomic_write_bytes(out / ATTRIBUTES_FILE, _npy_bytes(attrs))
+                writer = cls(out, fresh, lock)
+                writer._save()
+            writer._remove_stale_temps()
+        except BaseException:
+            lock.release()
+            raise
         return writer
+
+    def close(self) -> None:
+        """Let another writer open the folder (also done when the process ends, however)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> ActivationStoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ----- geometry ----------------------------------------------------------------------------
     @property
@@ -183,23 +210,26 @@ class ActivationStoreWriter:
         return adopted
 
     # ----- writing -----------------------------------------------------------------------------
-    def write_shard(self, i: int, h: Any, record: bool = True) -> None:
+    def write_shard(
+        self, i: int, h: Any, record: bool = True, conversions: dict[str, int] | None = None
+    ) -> None:
         """Write shard i atomically, then list it in the manifest (also rewritten atomically).
 
         record=False (parallel writers) writes the manifest entry to its own file instead, for
-        the manifest's owner to adopt (`adopt_entries`)."""
+        the manifest's owner to adopt (`adopt_entries`). conversions: how its images were
+        converted on loading, counted per kind (summed by ActivationStore.conversions())."""
         start, stop = self.shard_rows(i)
         arr = _to_numpy(h)
         expected = (stop - start, *self.manifest["shape"])
         if arr.shape != expected:
             raise ValueError(f"shard {i}: h has shape {arr.shape}, expected {expected}")
+        src = arr
         with np.errstate(over="ignore"):  # overflow is reported below, with advice
             arr = np.ascontiguousarray(arr.astype(self.manifest["dtype"]))
         if not np.isfinite(arr).all():
-            raise ValueError(
-                f"shard {i}: h has NaN/inf values after conversion to {self.manifest['dtype']}"
-                + (" (overflow? try --dtype float32)" if arr.dtype == np.float16 else "")
-            )
+            raise self._non_finite(i, src, arr)
+        if self.lock is not None and not self.lock.held:
+            raise RuntimeError(f"writer of {self.path} was closed; open it again to write")
         data = _npy_bytes(arr)
         atomic_write_bytes(self.path / shard_name(i), data)
         entry = {
@@ -209,6 +239,8 @@ class ActivationStoreWriter:
             "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
         }
+        if conversions is not None:
+            entry["conversions"] = {str(k): int(v) for k, v in sorted(conversions.items())}
         if not record:
             atomic_write_json(self.path / entry_name(i), entry)
             return
@@ -220,6 +252,28 @@ class ActivationStoreWriter:
         shards = [s for s in self.manifest["shards"] if int(s["index"]) != i] + [entry]
         self.manifest["shards"] = sorted(shards, key=lambda s: int(s["index"]))
         self.manifest["complete"] = not self.pending_shards()
+
+    def _non_finite(self, i: int, src: np.ndarray, arr: np.ndarray) -> ValueError:
+        """NaN/inf in h: name the images, and say whether the model or float16 made them."""
+        start, _ = self.shard_rows(i)
+        bad = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))
+        ids = [self.manifest["ids"][start + int(r)] for r in bad[:5]]
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        src_bad = not np.isfinite(np.asarray(src[bad], dtype=np.float64)).all()
+        if src_bad:
+            why = (
+                "the model itself returned NaN/inf for them (a float16 backbone overflowing? "
+                "run it in float32)"
+            )
+        else:
+            why = (
+                f"|h| exceeds what {arr.dtype} can hold (max {np.finfo(arr.dtype).max:g}); "
+                "extract with --dtype float32 into a new --out folder"
+            )
+        return ValueError(
+            f"h_t of image(s) {', '.join(ids)}{more} (shard {i}, store rows "
+            f"{[start + int(r) for r in bad[:5]]}) is not finite: {why}; nothing was written"
+        )
 
     def _save(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest)
@@ -351,7 +405,7 @@ def _check_empty_or_store(out: Path) -> None:
         raise ValueError(f"--out {out} exists and is not a folder")
     if not out.is_dir():
         return
-    ours = {ATTRIBUTES_FILE}
+    ours = {ATTRIBUTES_FILE, LOCK_FILE}
     foreign = [
         p.name
         for p in out.iterdir()
@@ -367,11 +421,20 @@ def _check_empty_or_store(out: Path) -> None:
 
 
 # ----- reader ------------------------------------------------------------------------------------
-class ActivationStore:
-    """Read-only view of a store: rows come from per-shard memory maps, never a full load."""
+# Shards whose sha256 this process has checked: (real path, size, mtime_ns, expected sha256).
+_VERIFIED: set[tuple[str, int, int, str]] = set()
 
-    def __init__(self, path: Path | str, allow_incomplete: bool = False) -> None:
+
+class ActivationStore:
+    """Read-only view of a store: rows come from per-shard memory maps, never a full load.
+
+    check_checksums=False skips the first-read sha256 (sizes are still checked at open)."""
+
+    def __init__(
+        self, path: Path | str, allow_incomplete: bool = False, check_checksums: bool = True
+    ) -> None:
         self.path = Path(path)
+        self.check_checksums = check_checksums
         if not (self.path / MANIFEST).is_file():
             what = "folder" if self.path.is_dir() else "path"
             raise FileNotFoundError(
@@ -379,7 +442,9 @@ class ActivationStore:
                 f"({what} {'exists' if self.path.exists() else 'does not exist'}); "
                 "create one with `hsae extract`"
             )
-        self.manifest = _validate_manifest(self.path, read_json(self.path / MANIFEST, "manifest"))
+        self.manifest = _validate_manifest(
+            self.path, read_json(self.path / MANIFEST, "activation store manifest")
+        )
         m = self.manifest
         done = len(m["shards"])
         total = num_shards(m["num_images"], m["shard_size"])
@@ -389,7 +454,9 @@ class ActivationStore:
                 "re-run the same `hsae extract` command to finish it "
                 "(or open it with allow_incomplete=True)"
             )
-        self._shards: dict[int, np.ndarray] = {int(s["index"]): self._open(s) for s in m["shards"]}
+        self._entries = {int(s["index"]): s for s in m["shards"]}
+        self._shards: dict[int, np.ndarray] = {i: self._open(s) for i, s in self._entries.items()}
+        self._checked: set[int] = set()
         self._attributes: np.ndarray | None = self._load_attributes()
 
     # ----- metadata ----------------------------------------------------------------------------
@@ -432,6 +499,17 @@ class ActivationStore:
     @property
     def skipped(self) -> list[dict[str, Any]]:
         return list(self.manifest.get("skipped") or [])
+
+    def conversions(self) -> dict[str, int] | None:
+        """Images converted on loading (mode, size, frames), summed over the written shards;
+        None for a store written without these counts."""
+        if not any("conversions" in s for s in self.manifest["shards"]):
+            return None
+        total: dict[str, int] = {}
+        for entry in self.manifest["shards"]:
+            for kind, n in (entry.get("conversions") or {}).items():
+                total[kind] = total.get(kind, 0) + int(n)
+        return total
 
     def nbytes_on_disk(self) -> int:
         files = [self.path / MANIFEST] + [self.path / s["file"] for s in self.manifest["shards"]]
@@ -496,16 +574,14 @@ class ActivationStore:
 
     def verify(self) -> int:
         """Check every listed shard against its sha256; return how many were checked."""
-        bad = [
-            s["file"]
-            for s in self.manifest["shards"]
-            if sha256_file(self.path / s["file"]) != s["sha256"]
-        ]
+        bad = [s["file"] for s in self.manifest["shards"] if not self._hash_ok(s, cached=False)]
         if bad:
             raise ValueError(
                 f"activation store {self.path}: checksum mismatch in {len(bad)} shard(s): "
-                f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} (files corrupted or edited)"
+                f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} (files corrupted or "
+                f"edited): {_REDO}"
             )
+        self._checked.update(self._entries)
         return len(self.manifest["shards"])
 
     # ----- internals ---------------------------------------------------------------------------
@@ -522,6 +598,8 @@ class ActivationStore:
         for s in np.unique(shard_of):
             where = np.flatnonzero(shard_of == s)
             mm = self._shards.get(int(s))
+            if mm is not None and int(s) not in self._checked:
+                self._check_shard(int(s))
             if mm is None:
                 raise IndexError(
                     f"rows {idx[where][:3].tolist()}... are in shard {int(s)}, "
@@ -530,12 +608,39 @@ class ActivationStore:
             out[where] = mm[idx[where] - int(s) * size]
         return out
 
+    def _check_shard(self, i: int) -> None:
+        """sha256 of shard i against the manifest, once per process (see the module doc)."""
+        entry = self._entries[i]
+        if self.check_checksums and not self._hash_ok(entry, cached=True):
+            raise ValueError(
+                f"activation store {self.path}: {entry['file']} does not match its sha256 in "
+                f"{MANIFEST} (corrupted or edited since it was written): {_REDO}"
+            )
+        self._checked.add(i)
+
+    def _hash_ok(self, entry: dict[str, Any], cached: bool) -> bool:
+        f = self.path / entry["file"]
+        st = f.stat()
+        key = (str(f.resolve()), st.st_size, st.st_mtime_ns, str(entry["sha256"]))
+        if cached and key in _VERIFIED:
+            return True
+        ok = sha256_file(f) == entry["sha256"]
+        if ok:
+            _VERIFIED.add(key)
+        return ok
+
     def _open(self, entry: dict[str, Any]) -> np.ndarray:
         f = self.path / entry["file"]
         if not f.is_file():
             raise FileNotFoundError(
                 f"activation store {self.path}: shard {entry['file']} is listed in {MANIFEST} "
-                "but missing on disk"
+                f"but missing on disk: {_REDO}"
+            )
+        size, want = f.stat().st_size, entry.get("bytes")
+        if want is not None and size != int(want):
+            raise ValueError(
+                f"activation store {self.path}: {entry['file']} is {size} bytes, {MANIFEST} says "
+                f"{want} (truncated or replaced): {_REDO}"
             )
         try:
             mm = np.load(f, mmap_mode="r", allow_pickle=False)
@@ -569,6 +674,9 @@ class ActivationStore:
         if arr.shape != expected:
             raise ValueError(f"{f}: attributes have shape {arr.shape}, expected {expected}")
         return arr
+
+
+_REDO = "delete the shard file(s) named and re-run the same `hsae extract` command to redo them"
 
 
 def _validate_manifest(path: Path, m: Any) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class SAEConfig:
     hook_point: str = "unet.mid_block"
     timestep: int | None = None
     model_id: str | None = None
+    model_weights: str | None = None  # the diffusion weights' fingerprint (store manifest)
     store_path: str | None = None
     input_scale: float = 1.0
 

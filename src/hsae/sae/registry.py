@@ -61,7 +61,10 @@ def make_config(architecture: str, n_channels: int, spatial: int, **kw: Any) -> 
 def load_sae(path: Path | str, device: str | torch.device = "cpu") -> BaseSAE:
     """Rebuild whichever architecture `<path>/cfg.json` names and load its weights."""
     cfg = read_config(path)
-    model = sae_class(cfg.architecture)(cfg)
+    try:
+        model = sae_class(cfg.architecture)(cfg)
+    except ValueError as e:  # a cfg.json whose fields do not fit together
+        raise ValueError(f"{Path(path) / 'cfg.json'}: {e}") from e
     model.load_weights(Path(path) / WEIGHTS_FILE)
     model.source = str(path)
     return model.to(device)

@@ -32,14 +32,27 @@ def is_sparse(model: BaseSAE) -> bool:
 
 
 def check_compatible(model: BaseSAE, store: Any, model_src: str = "SAE") -> None:
-    """Refuse a model whose H-space shape is not the store's, naming both shapes and sources."""
+    """Refuse a model whose H-space shape is not the store's, or that was trained on h of
+    another diffusion model (id or weights) than the store's, naming both and the sources."""
     want = (model.cfg.n_channels, model.cfg.spatial, model.cfg.spatial)
     have = tuple(int(s) for s in store.shape[1:])
+    where = f"the activation store {getattr(store, 'path', '?')}"
     if want != have:
         raise ValueError(
-            f"{model_src} expects h of shape (C, K, K) = {want}, but the activation store "
-            f"{getattr(store, 'path', '?')} holds {have}"
+            f"{model_src} expects h of shape (C, K, K) = {want}, but {where} holds {have}"
         )
+    record = (getattr(store, "meta", None) or {}).get("model")
+    if not isinstance(record, dict):
+        return  # a store without a model record: nothing to compare
+    for field, key in (("model_id", "model_id"), ("model_weights", "weights")):
+        mine, theirs = getattr(model.cfg, field, None), record.get(key)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ValueError(
+                f"{model_src} was trained on h of model {model.cfg.model_id!r} (weights "
+                f"{model.cfg.model_weights or 'unrecorded'}), but {where} holds h of "
+                f"{record.get('model_id')!r} (weights {record.get('weights', 'unrecorded')}): "
+                "train an SAE on this store, or use the store it was trained on"
+            )
 
 
 def train_sample_rows(store: Any, n: int = K_SAMPLE_IMAGES, seed: int = 0) -> np.ndarray:

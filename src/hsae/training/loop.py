@@ -58,6 +58,7 @@ from hsae.training.config import (
 from hsae.training.plots import _write_log, plot_curves
 from hsae.utils.device import autocast_for
 from hsae.utils.io import atomic_write_json
+from hsae.utils.lock import FolderLock
 from hsae.utils.splits import split_rows
 
 # ----- data ---------------------------------------------------------------------------------------
@@ -302,10 +303,24 @@ def train(
     parallel makes this one rank of a data-parallel run (hsae.training.distributed).
 
     On return `sae` has the input scale folded in (it consumes raw h) and equals the SAE saved
-    in out_dir; out_dir/checkpoint keeps the training-time state for `resume=True`.
+    in out_dir; out_dir/checkpoint keeps the training-time state for `resume=True`. A second
+    process training into the same out_dir meanwhile is refused (hsae.utils.lock).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out_dir, "SAE run folder", reentrant=True):
+        return _train(sae, store, cfg, out_dir, resume, progress, compute_dtype, parallel)
+
+
+def _train(
+    sae: BaseSAE,
+    store: StoreLike,
+    cfg: TrainConfig,
+    out_dir: Path,
+    resume: bool,
+    progress: bool,
+    compute_dtype: torch.dtype,
+    parallel: Parallel | None,
+) -> dict[str, Any]:
     indices = split_rows(store, cfg.split)
     _prepare_sae(sae, store, cfg, len(indices))
     batches = StoreBatches(store, indices, cfg.batch_images, cfg.seed)
@@ -351,6 +366,7 @@ def _prepare_sae(sae: BaseSAE, store: StoreLike, cfg: TrainConfig, n_train: int)
     meta = store.meta
     model = meta.get("model")
     sae.cfg.model_id = model.get("model_id") if isinstance(model, dict) else model
+    sae.cfg.model_weights = model.get("weights") if isinstance(model, dict) else None
     sae.cfg.timestep = meta.get("timestep")
     sae.cfg.hook_point = meta.get("hook", sae.cfg.hook_point)
     path = getattr(store, "path", None)

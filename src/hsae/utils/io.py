@@ -1,7 +1,13 @@
-"""Atomic file writes and checksums: nothing already written is ever left half-replaced."""
+"""Atomic file writes and checksums: nothing already written is ever left half-replaced.
+
+A full disk (ENOSPC, or EDQUOT for a quota) during a write leaves the old file in place and the
+temp file removed, and is raised as DiskFullError: one line naming the file, saying that nothing
+was overwritten and that re-running the same command continues (every writer resumes).
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -9,10 +15,48 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """No space (or quota) left while writing a file; the previous file is untouched."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no space left on device"
+
+
+def disk_full(path: Path, nbytes: int | None, cause: OSError) -> DiskFullError:
+    """The one-line DiskFullError for a failed write of `path` (nbytes: what was being written)."""
+    size = f" ({_human_bytes(nbytes)})" if nbytes is not None else ""
+    where = "quota exceeded" if cause.errno == errno.EDQUOT else "no space left on device"
+    err = DiskFullError(
+        f"{where} while writing {path}{size}: nothing was overwritten; free some space and "
+        "re-run the same command to continue where it stopped"
+    )
+    err.errno, err.filename = cause.errno, str(path)
+    return err
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
+    try:
+        _atomic_write(path, data)
+    except OSError as e:
+        if e.errno in _DISK_FULL and not isinstance(e, DiskFullError):
+            raise disk_full(path, len(data), e) from e
+        raise
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -54,4 +98,4 @@ def read_json(path: Path | str, what: str = "JSON file") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
+        raise ValueError(f"{what} {path} is not valid JSON (truncated or edited?): {e}") from e
