@@ -33,5 +33,4 @@ def test_relative_links_resolve(page: Path) -> None:
         if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
             continue
         path = (page.parent / target).resolve()
-        rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
         assert path.exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
