@@ -35,9 +35,10 @@ from torch import Tensor
 from tqdm import tqdm
 
 from hsae.editing import bench_methods as BM
-from hsae.editing.bench_metrics import pixel_change, row_metrics, summarize
+from hsae.editing.bench_metrics import row_metrics, summarize
 from hsae.editing.selection import code_stats, pca_basis
 from hsae.editing.units import EDIT_MODES, EditFeature, StepLog, window_hook
+from hsae.utils.metrics import pixel_change
 
 DEFAULT_SIZES = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5)
 DIRECTIONS = ("add", "remove")

@@ -58,21 +58,6 @@ def toyfaces_masks(data: Path | None, ids: list[str], attribute: str, size: int)
     return torch.from_numpy(np.stack(masks))
 
 
-def pixel_change(x_edit: Tensor, x_ref: Tensor, mask: Tensor | None) -> dict[str, np.ndarray]:
-    """Per image mean |Δpixel| in [0, 1] units: whole image, outside and inside `mask`."""
-    diff = ((x_edit - x_ref).abs() / 2).mean(dim=1)  # (B, S, S), channels averaged
-    out = {"change": diff.flatten(1).mean(1).double().numpy()}
-    if mask is None:
-        nan = np.full(len(diff), np.nan)
-        return {**out, "change_outside": nan, "change_inside": nan.copy()}
-    m = mask.to(diff.device).bool()
-    for key, sel in (("change_outside", ~m), ("change_inside", m)):
-        n = sel.flatten(1).sum(1).double()
-        total = (diff * sel).flatten(1).sum(1).double()
-        out[key] = torch.where(n > 0, total / n.clamp_min(1), torch.nan).numpy()
-    return out
-
-
 def row_metrics(
     pred_ref: Tensor,
     pred: Tensor,
