@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from hsae.data import store as S
-from hsae.data.store import ActivationStore, ActivationStoreWriter
+from hsae.data.store import ActivationStore
+from hsae.data.store_writer import ActivationStoreWriter
 
 SHAPE = (128, 8, 8)
 

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from hsae.data.stream import ShuffledStream
 
-from hsae.data.store import ActivationStore, ActivationStoreWriter
+from hsae.data.store import ActivationStore
+from hsae.data.store_writer import ActivationStoreWriter
+from hsae.data.stream import ShuffledStream
 
 
 def make_store(path: Path, rows: int, shape: tuple[int, int, int], shard: int) -> ActivationStore:

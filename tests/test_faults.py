@@ -19,7 +19,9 @@ from PIL import Image
 from hsae.cli import main
 from hsae.data import store as S
 from hsae.data.images import BadImageError, ImageDataset, conversion_of, load_image
-from hsae.data.store import ActivationStore, ActivationStoreWriter, shard_name
+from hsae.data.store import ActivationStore
+from hsae.data.store_format import shard_name
+from hsae.data.store_writer import ActivationStoreWriter
 from hsae.sae import build_sae, make_config
 from hsae.sae.selection import load_checked
 from hsae.training import TrainConfig, train

@@ -34,7 +34,7 @@ _EXPORTS: dict[str, str] = {
     "ImageDataset": "hsae.data.images",
     "load_image": "hsae.data.images",
     "ActivationStore": "hsae.data.store",
-    "ActivationStoreWriter": "hsae.data.store",
+    "ActivationStoreWriter": "hsae.data.store_writer",
     # SAEs
     "SAEConfig": "hsae.sae.base",
     "BaseSAE": "hsae.sae.base",

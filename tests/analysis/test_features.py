@@ -15,7 +15,8 @@ from sklearn.metrics import roc_auc_score
 from hsae.analysis import code_scan as F
 from hsae.analysis import features as FT
 from hsae.cli import main
-from hsae.data.store import ActivationStore, ActivationStoreWriter
+from hsae.data.store import ActivationStore
+from hsae.data.store_writer import ActivationStoreWriter
 from hsae.editing.intervene import encode_tokens
 from hsae.sae import build_sae, make_config
 from hsae.sae.selection import resolve_threshold_k

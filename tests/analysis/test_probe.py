@@ -12,7 +12,8 @@ import torch
 
 from hsae.analysis import probe as P
 from hsae.cli import main
-from hsae.data.store import ActivationStore, ActivationStoreWriter
+from hsae.data.store import ActivationStore
+from hsae.data.store_writer import ActivationStoreWriter
 from hsae.sae import build_sae, load_sae, make_config
 from hsae.sae.threshold import codes_as_tokens, threshold_codes
 

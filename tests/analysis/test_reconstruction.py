@@ -15,7 +15,8 @@ import torch
 from hsae.analysis import reconstruction as E
 from hsae.cli import eval as EC
 from hsae.cli import main
-from hsae.data.store import ActivationStore, ActivationStoreWriter
+from hsae.data.store import ActivationStore
+from hsae.data.store_writer import ActivationStoreWriter
 from hsae.sae import FlatSAE, build_sae, make_config
 from hsae.sae import selection as S
 from hsae.utils.splits import split_rows

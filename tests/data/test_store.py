@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from hsae.data.store import MANIFEST, ActivationStore, ActivationStoreWriter, shard_name
+from hsae.data.store import MANIFEST, ActivationStore
+from hsae.data.store_format import shard_name
+from hsae.data.store_writer import ActivationStoreWriter
 
 SHAPE = (4, 3, 3)
 META = {"model": {"model_id": "unit"}, "t": 0.7, "timestep": 701, "steps": 10, "prompt": ""}

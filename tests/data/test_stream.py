@@ -9,7 +9,8 @@ import numpy as np
 import psutil
 import pytest
 
-from hsae.data.store import ActivationStore, ActivationStoreWriter
+from hsae.data.store import ActivationStore
+from hsae.data.store_writer import ActivationStoreWriter
 from hsae.data.stream import ShuffledStream
 
 

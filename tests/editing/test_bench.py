@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from hsae.cli import main
-from hsae.data.store import ActivationStore, ActivationStoreWriter
+from hsae.data.store import ActivationStore
+from hsae.data.store_writer import ActivationStoreWriter
 from hsae.editing import bench as EB
 from hsae.editing import bench_methods as BM
 from hsae.editing.bench_metrics import summarize, wilson

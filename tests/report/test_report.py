@@ -17,7 +17,7 @@ from PIL import Image
 
 from hsae import report as R
 from hsae.cli import main
-from hsae.data.store import ActivationStoreWriter
+from hsae.data.store_writer import ActivationStoreWriter
 from hsae.report.firing import Wanted, firing_maps
 from hsae.sae import build_sae, make_config
 

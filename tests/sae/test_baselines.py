@@ -162,7 +162,8 @@ def test_beta_vae_fold_input_scale_is_exact() -> None:
 
 
 def test_beta_vae_trains_with_the_streaming_trainer(tmp_path: Path, monkeypatch) -> None:
-    from hsae.data.store import ActivationStore, ActivationStoreWriter
+    from hsae.data.store import ActivationStore
+    from hsae.data.store_writer import ActivationStoreWriter
     from hsae.training import loop as T
 
     monkeypatch.setattr(T, "plot_curves", lambda history, path: Path(path).write_bytes(b""))

@@ -14,7 +14,8 @@ import torch
 
 from hsae import training as T
 from hsae.cli import train as CT
-from hsae.data.store import ActivationStore, ActivationStoreWriter
+from hsae.data.store import ActivationStore
+from hsae.data.store_writer import ActivationStoreWriter
 from hsae.sae import build_sae, load_sae, make_config
 from hsae.training import TrainConfig, TrainingDivergedError, train
 from hsae.training import checkpoint as CK

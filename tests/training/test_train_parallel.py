@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hsae.data.store import ActivationStore, ActivationStoreWriter
+from hsae.data.store import ActivationStore
+from hsae.data.store_writer import ActivationStoreWriter
 from hsae.sae import WEIGHTS_FILE, build_sae, make_config
 from hsae.training.config import TrainConfig
 from hsae.training.distributed import Parallel, train_parallel

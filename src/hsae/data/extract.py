@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from hsae.data.images import conversion_summary, count_conversions
-from hsae.data.store import SPLIT_CODES, ActivationStore, ActivationStoreWriter
+from hsae.data.store import SPLIT_CODES, ActivationStore
+from hsae.data.store_writer import ActivationStoreWriter
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.hspace import mid_block_of
 from hsae.diffusion.invert import Inversion, ddim_grid, invert
