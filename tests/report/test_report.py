@@ -423,3 +423,16 @@ def test_browser_check_detects_broken_and_unlabelled_images(built: dict, run_dir
     finally:
         bad.unlink()
     assert res["loaded"] and res["broken_images"] == 1 and res["unlabelled_images"] == 2
+
+
+def test_features_headline_reads_an_anti_firing_component_as_a_separator() -> None:
+    from hsae.report.features import features_headline
+
+    best = [
+        ("Pale_Skin", {"auroc_test": 0.02, "component": "45:494"}),
+        ("Eyeglasses", {"auroc_test": 0.90, "component": "48:220"}),
+    ]
+    h = features_headline(best)
+    assert h is not None and h.value == "0.980" and "45:494" in h.label and "absent" in h.label
+    h = features_headline([("Eyeglasses", {"auroc_test": 0.90, "component": "48:220"})])
+    assert h is not None and h.value == "0.900" and "absent" not in h.label

@@ -214,9 +214,12 @@ def features_headline(best: Sequence[tuple[str, dict]]) -> Headline | None:
         return None
     _, name, b = max(scored, key=lambda t: t[0])
     split = "test" if b.get("auroc_test") is not None else "train"
-    auc = b.get("auroc_test") if split == "test" else b.get("auroc_train")
+    auc = float(b["auroc_test"] if split == "test" else b["auroc_train"])  # sep() checked it
+    # AUROC below 0.5 is a component that fires on the attribute's absence: as a separator it is
+    # as good as 1 − AUROC, which is the number a reader compares across attributes.
+    absent = " (it fires when the attribute is absent)" if auc < 0.5 else ""
     return Headline(
-        fmt(auc, ".3f"),
-        f"AUROC ({split}) of the best single component: {name} → {b['component']}",
+        fmt(max(auc, 1.0 - auc), ".3f"),
+        f"AUROC ({split}) of the best single component: {name} → {b['component']}{absent}",
         f"0.5 is chance; {len(best)} attributes have a best component",
     )
