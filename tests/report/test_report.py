@@ -263,7 +263,8 @@ def test_sections_open_with_their_number(built: dict) -> None:
         head["editbench"]["value"] == "0.12" and "mean_diff add 0.50" in head["editbench"]["detail"]
     )
     assert head["edits"]["value"] == "25.0 %" and "1:5 at κ=4" in head["edits"]["detail"]
-    assert head["features"]["value"] == "0.250" and "Smiling → 3:1" in head["features"]["label"]
+    assert head["features"]["value"] == "0.750" and "Smiling → 3:1" in head["features"]["label"]
+    assert "absent" in head["features"]["label"]  # its test AUROC is 0.25: it fires on no smile
     assert head["training"]["value"] == "1.25"
     assert float(head["sparsity"]["value"]) > 0.5
     assert head["interpolate"] is None and head["counterfactual"] is None
