@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from hsae.editing.edit import EditResult
 from hsae.editing.intervene import Component, edit_step_count, neurons_changed, parse_component
 from hsae.editing.units import (
     EDIT_MODES,
@@ -205,23 +206,13 @@ class HSpaceEditor:
 
 
 @dataclass
-class FeatureResult:
-    """`feature_batch` output; the fields `hsae.editing.edit.write_edit_outputs` reads too."""
+class FeatureResult(EditResult):
+    """`feature_batch` output: an `EditResult` (what `hsae.editing.edit.write_edit_outputs` reads)
+    with the edit's size. `kappas` are the strengths (κ for the scale rule, s otherwise) and
+    `alpha` (B, 1) is the feature's summed code at the first step (0 for directions)."""
 
-    kappas: list[float]  # the strengths (κ for the scale rule, s otherwise)
-    images: Tensor  # (B, V, 3, H, W)
-    reference: Tensor | None
-    h_ref: Tensor
-    h_edit: Tensor
-    delta: Tensor  # (B, V) neurons changed at the first edited step
-    delta_vs_h: Tensor
-    alpha: Tensor  # (B, 1) the feature's summed code at the first step (0 for directions)
     size: Tensor  # (B, V) ‖h̃ − h‖ / ‖h‖ at the first edited step
     size_sum: Tensor  # (B, V) summed over the window
-
-    @property
-    def n_neurons(self) -> int:
-        return int(self.h_ref[0].numel())
 
 
 @torch.no_grad()
