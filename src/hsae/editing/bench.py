@@ -22,12 +22,9 @@ once (its group decides the sign), in batched resumes of `--batch` rows.
 
 from __future__ import annotations
 
-import math
 import shlex
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,223 +32,33 @@ from torch import Tensor
 from tqdm import tqdm
 
 from hsae.editing import bench_methods as BM
-from hsae.editing.bench_metrics import row_metrics, summarize
+from hsae.editing.bench_run import effect_scores, run_rows, sweep
+from hsae.editing.bench_setup import (
+    DEFAULT_SIZES,
+    DIRECTIONS,
+    BenchInputs,
+    EditBenchConfig,
+    EditRunner,
+    ImageSet,
+    prepare_images,
+)
 from hsae.editing.selection import code_stats, pca_basis
-from hsae.editing.units import EDIT_MODES, EditFeature, StepLog, window_hook
-from hsae.utils.metrics import pixel_change
+from hsae.editing.units import EditFeature
 
-DEFAULT_SIZES = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5)
-DIRECTIONS = ("add", "remove")
-
-
-@dataclass
-class EditBenchConfig:
-    attributes: list[str] | None = None
-    n_test: int = 200
-    n_val: int = 64
-    n_stats: int = 2000  # train rows for the SAE statistics, PCA and the direction
-    sizes: tuple[float, ...] = DEFAULT_SIZES
-    windows: tuple[int | str, ...] = ("all",)
-    mode: str = "error_preserving"
-    n_candidates: int = 8
-    effect_images: int = 16
-    effect_size: float = 0.5
-    top_channels: int | None = 16
-    pca_components: int = 64
-    min_keep: float = 0.95
-    components: bool = True
-    n_examples: int = 4
-    batch: int = 64
-    seed: int = 0
-    progress: bool = True
-
-    def check(self) -> None:
-        if self.mode not in EDIT_MODES:
-            raise ValueError(f"--mode must be one of {EDIT_MODES}, got {self.mode!r}")
-        if self.n_test < 1 or self.n_val < 1:
-            raise ValueError(f"--n-test and --n-val must be >= 1: {self.n_test}, {self.n_val}")
-        if not self.sizes or min(self.sizes) <= 0:
-            raise ValueError(f"--sizes must be positive magnitudes, got {list(self.sizes)}")
-        if not self.windows:
-            raise ValueError("--windows needs at least one window (1, N or all)")
-        if not 0 <= self.min_keep <= 1:
-            raise ValueError(f"--min-keep must be in [0, 1], got {self.min_keep}")
-        if self.batch < 1 or self.n_candidates < 1:
-            raise ValueError(f"--batch and --candidates must be >= 1: {self.batch}")
-
-
-class EditRunner(Protocol):
-    """Inverts images once and resumes them with an H-space edit (tests use a fake)."""
-
-    def invert(self, x: Tensor) -> tuple[Any, Tensor, Tensor]:
-        """(state, unedited resume in [-1, 1], h_t at the first resumed step) for images x."""
-        ...
-
-    def resume(self, state: Any, idx: np.ndarray, edit: Callable, window: int | str) -> Tensor:
-        """Images of rows `idx` of `state` resumed with h → edit(h) on the window's steps."""
-        ...
-
-
-@dataclass
-class ImageSet:
-    name: str
-    rows: np.ndarray
-    ids: list[str]
-    x: Tensor
-    x_clean: Tensor
-    h: Tensor
-    pred: Tensor  # (B, A) bool
-    logit: Tensor | None
-    state: Any
-    masks: dict[str, Tensor | None] = field(default_factory=dict)
-
-
-@dataclass
-class BenchInputs:
-    store: Any
-    saes: dict[str, Any]  # name → BaseSAE
-    classifier: Any
-    runner: EditRunner
-    load_images: Callable[[np.ndarray], Tensor]
-    masks: Callable[[list[str], str], Tensor | None] | None = None
-    check_h: Callable[[np.ndarray, Tensor], None] | None = None
-
-
-def _classify(clf: Any, x: Tensor) -> tuple[Tensor, Tensor | None]:
-    if hasattr(clf, "predict_logits"):
-        logit = torch.as_tensor(clf.predict_logits(x)).float()
-        return logit > 0, logit
-    return torch.as_tensor(clf.predict(x)).bool(), None
-
-
-def prepare_images(name: str, rows: np.ndarray, inputs: BenchInputs, names: list[str]) -> ImageSet:
-    store = inputs.store
-    ids = [store.ids[int(r)] for r in rows]
-    x = inputs.load_images(rows)
-    state, x_clean, h = inputs.runner.invert(x)
-    if inputs.check_h is not None:
-        inputs.check_h(rows, h)
-    pred, logit = _classify(inputs.classifier, x_clean)
-    masks = {a: (inputs.masks(ids, a) if inputs.masks else None) for a in names}
-    return ImageSet(name, rows, ids, x, x_clean, h.float(), pred, logit, state, masks)
-
-
-# ----- running edits ------------------------------------------------------------------------------
-def run_rows(
-    inputs: BenchInputs,
-    images: ImageSet,
-    feature: EditFeature,
-    target: int,
-    idx: np.ndarray,
-    u: np.ndarray,
-    window: int | str,
-    mode: str,
-    batch: int,
-    keep: set[int] | None = None,
-) -> tuple[dict[str, np.ndarray], dict[int, Tensor]]:
-    """Resume rows (image idx, strength u) in chunks; per-row metrics (+ kept rows' images)."""
-    attr = list(inputs.classifier.attribute_names)[target]
-    mask = images.masks.get(attr)
-    parts, kept = [], {}
-    for start in range(0, len(idx), batch):
-        rows = idx[start : start + batch]
-        uu = torch.as_tensor(u[start : start + batch]).float()
-        log = StepLog()
-        x = inputs.runner.resume(images.state, rows, window_hook(feature, uu, mode, log), window)
-        pred, logit = _classify(inputs.classifier, x)
-        want = torch.as_tensor(np.sign(u[start : start + batch]) * feature.sign > 0)
-        ref_logit = None if images.logit is None else images.logit[rows]
-        m = row_metrics(images.pred[rows], pred, ref_logit, logit, target, want)
-        steps = log.per_step()
-        m["size"] = steps[0].double().numpy() if len(steps) else np.zeros(len(rows))
-        m["size_sum"] = steps.sum(0).double().numpy() if len(steps) else np.zeros(len(rows))
-        m.update(pixel_change(x, images.x_clean[rows], None if mask is None else mask[rows]))
-        parts.append(m)
-        if keep:
-            kept.update({start + i: x[i] for i in range(len(rows)) if start + i in keep})
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-    if out:
-        out["n_others"] = np.array([max(images.pred.shape[1] - 1, 1)])
-    return out, kept
-
-
-def sweep(
-    inputs: BenchInputs,
-    images: ImageSet,
-    feature: EditFeature,
-    target: int,
-    sizes: tuple[float, ...],
-    window: int | str,
-    cfg: EditBenchConfig,
-    keep_at: tuple[float | None, float | None] = (None, None),
-    keep_images: np.ndarray | None = None,
-) -> tuple[list[dict[str, Any]], dict[int, Tensor]]:
-    """Every signed size on its group: +size on images without the attribute, −size on those with.
-    Returns one summary row per signed size, and the edited images of `keep_images` (by image
-    index) at keep_at = (add size, remove size)."""
-    has = images.pred[:, target].numpy().astype(bool)
-    unit = BM.size_per_unit(feature, images.h)
-    idx, u, tag = [], [], []
-    for s in sizes:
-        for sign, group in ((1, ~has), (-1, has)):
-            g = np.flatnonzero(group)
-            idx.append(g)
-            u.append(BM.oriented_u(feature, sign * s, unit[g]))
-            tag.append(np.full(len(g), sign * s))
-    idx_a, u_a, tag_a = (np.concatenate(v) for v in (idx, u, tag))
-    keep = set()
-    if keep_images is not None:
-        want = set(keep_images.tolist())
-        wanted_tags = {t for t in (keep_at[0], None if keep_at[1] is None else -keep_at[1]) if t}
-        keep = {
-            i
-            for i, (img, t) in enumerate(zip(idx_a, tag_a, strict=False))
-            if img in want and t in wanted_tags
-        }
-    metrics, kept = run_rows(
-        inputs, images, feature, target, idx_a, u_a, window, cfg.mode, cfg.batch, keep
-    )
-    rows = []
-    for s in sizes:
-        for sign in (1, -1):
-            sel = tag_a == sign * s
-            rows.append(
-                {
-                    "target_size": s,
-                    "direction": "add" if sign > 0 else "remove",
-                    **summarize(metrics, sel),
-                }
-            )
-    return rows, {int(idx_a[i]): x for i, x in kept.items()}
-
-
-def effect_scores(
-    inputs: BenchInputs,
-    images: ImageSet,
-    feats: list[EditFeature],
-    target: int,
-    window: int | str,
-    cfg: EditBenchConfig,
-) -> list[float]:
-    """Mean signed logit change per unit of edit size of each candidate on validation images
-    (half without the attribute edited +size, half with it −size); NaN without logits."""
-    has = images.pred[:, target].numpy().astype(bool)
-    half = max(cfg.effect_images // 2, 1)
-    groups = [(1, np.flatnonzero(~has)[:half]), (-1, np.flatnonzero(has)[:half])]
-    out = []
-    for f in feats:
-        unit = BM.size_per_unit(f, images.h)
-        idx = np.concatenate([g for _, g in groups])
-        u = np.concatenate([BM.oriented_u(f, s * cfg.effect_size, unit[g]) for s, g in groups])
-        if len(idx) == 0 or not np.any(u):
-            out.append(math.nan)
-            continue
-        m, _ = run_rows(inputs, images, f, target, idx, u, window, cfg.mode, cfg.batch)
-        if "logit" not in m:
-            out.append(math.nan)
-            continue
-        out.append(float(np.mean(m["logit"]) / max(float(np.mean(m["size"])), 1e-12)))
-    return out
+__all__ = [
+    "DEFAULT_SIZES",
+    "DIRECTIONS",
+    "BenchInputs",
+    "EditBenchConfig",
+    "EditRunner",
+    "ImageSet",
+    "effect_scores",
+    "matched_size",
+    "prepare_images",
+    "run_editbench",
+    "run_rows",
+    "sweep",
+]
 
 
 # ----- the benchmark --------------------------------------------------------------------------
