@@ -1,8 +1,8 @@
 """The package's layers import only the layers below them: the design's dependency rule as a test.
 
 Order, bottom to top: utils → diffusion → data → sae → training → toy → analysis → editing →
-report → cli. The SAE package never imports diffusers or the backbone (it sees tensors), and
-nothing below the CLI imports the CLI.
+report → serve → cli. The SAE package never imports diffusers or the backbone (it sees tensors),
+and nothing below the CLI imports the CLI.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ LAYERS = (
     "analysis",
     "editing",
     "report",
+    "serve",
     "cli",
 )
 

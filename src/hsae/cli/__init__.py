@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "hsae.cli.probe",
     "hsae.cli.table2",
     "hsae.cli.report",
+    "hsae.cli.serve",
     "hsae.cli.toy",
     "hsae.cli.store",
 )
