@@ -146,6 +146,15 @@ class Browser:
             time.sleep(0.1)
         raise BrowserError(f"timed out waiting for {condition!r} {last}".strip())
 
+    def set_files(self, selector: str, paths: list[Path]) -> None:
+        """Choose files in an <input type=file> (what a user's file dialog does)."""
+        root = self.send("DOM.getDocument")["root"]["nodeId"]
+        node = self.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        if not node:
+            raise BrowserError(f"no element matches {selector!r}")
+        files = [str(Path(p).resolve()) for p in paths]
+        self.send("DOM.setFileInputFiles", {"nodeId": node, "files": files})
+
     def screenshot(self, path: Path) -> Path:
         data = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
         path.parent.mkdir(parents=True, exist_ok=True)
