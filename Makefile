@@ -20,6 +20,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hsae demo --out runs/demo
 
+.PHONY: serve serve-screenshot
+# The feature explorer of the demo's run (make demo first), on http://127.0.0.1:8765/.
+serve: $(STAMP)
+	$(VENV)/bin/hsae serve runs/demo
+
+# The README's screenshot of the explorer's edit page: the browser test, on the demo's run.
+serve-screenshot: $(STAMP) chromium
+	HSAE_SERVE_RUN=runs/demo HSAE_SERVE_SCREENSHOT=docs/img/serve-edit.png \
+	  $(VENV)/bin/pytest -q tests/serve/test_browser.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts benchmarks
 	$(VENV)/bin/ruff format --check src tests scripts benchmarks

@@ -1,6 +1,6 @@
 """A tiny run folder (toyfaces, an activation store from conftest's tiny pixel DDPM, an untrained
 channel-aware SAE, a features.json and an editbench.json) and the explorer served from it on
-127.0.0.1, in a thread of the test process, stopped at the end of the session."""
+127.0.0.1, in a thread of the test process, stopped when the tests end."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ HSAE_SERVE_SCREENSHOT=path keeps a screenshot of the edit page there; HSAE_SERVE
 serves that run instead of the tiny one (with the model its store names), which is how the
 README's screenshot is made:
 
-    HSAE_SERVE_RUN=runs/demo HSAE_SERVE_SCREENSHOT=docs/images/serve-edit.png \\
+    HSAE_SERVE_RUN=runs/demo HSAE_SERVE_SCREENSHOT=docs/img/serve-edit.png \\
       pytest -q tests/serve/test_browser.py
 """
 
@@ -35,7 +35,7 @@ DIFFERING = """(() => {
 
 @pytest.fixture(scope="module")
 def live(request: pytest.FixtureRequest):
-    """The URL of the explorer under test: the session's tiny run, or $HSAE_SERVE_RUN."""
+    """The URL of the explorer under test: conftest's tiny run, or $HSAE_SERVE_RUN."""
     run = os.environ.get("HSAE_SERVE_RUN")
     if not run:
         yield request.getfixturevalue("server").url

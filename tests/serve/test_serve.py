@@ -281,7 +281,7 @@ def test_cli_listens_on_loopback_and_warns_for_other_hosts(
         bound.append(h)
         return real_bind("127.0.0.1", 0)
 
-    class Shared:  # the session's explorer, not closed by this command
+    class Shared:  # the fixture's explorer, not closed by this command
         def __getattr__(self, name: str) -> Any:
             return getattr(explorer, name)
 

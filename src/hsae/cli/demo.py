@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -221,6 +222,7 @@ def demo_command(
     summary = run_demo(out, n_images, steps, t, sae_steps, device)
     print(json.dumps(summary, indent=2))
     print(f"\nreport: {summary['report']}")
+    print(f"explore it in the browser: hsae serve {shlex.quote(str(out))}")
     return 0
 
 
