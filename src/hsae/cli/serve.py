@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"hsae explorer of {args.run}: {url_of(sock)}  (Ctrl-C stops it)", flush=True)
     try:
         serve_forever(create_app(explorer, trusted), sock)
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then may re-raise it
+        pass
     finally:
         explorer.close()
         sock.close()

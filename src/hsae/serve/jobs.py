@@ -82,9 +82,9 @@ class JobQueue:
         if job.state == "queued":
             ahead = next(i for i, j in enumerate(self._queue) if j is job)
             ahead += sum(1 for j in self._jobs.values() if j.state == "running")
+        waiting = f"{ahead} edit{'s' if ahead != 1 else ''} ahead of yours" if ahead else "next"
         message = {
-            "queued": f"waiting: {ahead} edit{'s' if ahead != 1 else ''} ahead of yours "
-            "(one edit runs at a time)",
+            "queued": f"waiting: {waiting} (one edit runs at a time)",
             "running": "editing: inverting and resuming the image…",
             "done": f"done in {job.seconds or 0:.2f} s",
             "failed": f"failed: {job.error}",
