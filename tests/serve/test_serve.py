@@ -162,6 +162,24 @@ def test_edit_matches_hsae_edit_bit_for_bit(
     assert params["strength"] == strength and params["window"] == "all"
 
 
+def test_inversions_are_kept_per_image(server, explorer, tiny_run: Path, monkeypatch) -> None:
+    calls: list[int] = []
+    invert = explorer.setup.invert
+
+    def counted(x):
+        calls.append(len(x))
+        return invert(x)
+
+    monkeypatch.setattr(explorer.setup, "invert", counted)
+    store = explorer.setup.store
+    used = {first_image(tiny_run).name, store.ids[explorer.catalog.top_rows(EFFECT_LATENT)[0][0]]}
+    name = next(i for i in sorted(store.ids) if i not in used)  # an image no other test edits
+    image = f"run:data/img_align_celeba/{name}"
+    for s in (1.0, 2.0):
+        edit(server, image=image, feature="latent:2", strength=s)
+    assert calls == [1]  # the second edit reused the first one's inversion
+
+
 @pytest.mark.parametrize("feature", ["mean_diff:Eyeglasses", "pca:0"])
 def test_direction_edits(server, tiny_run: Path, feature: str) -> None:
     image = "run:" + first_image(tiny_run).relative_to(tiny_run).as_posix()

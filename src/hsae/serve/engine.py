@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import shlex
 import tempfile
 import threading
@@ -328,7 +329,8 @@ class EditEngine:
         argv = ["edit", "--image", image, *self.settings.setup_argv, *unit,
                 flag, repr(req.strength), "--rule", req.rule, "--window", str(req.window),
                 "--mode", req.mode, "--out", "serve-edit"]  # fmt: skip
-        png = f"{Path(image).stem}_kappa{kappa_label(req.strength)}.png"
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(image).stem) or "image"  # as load_images
+        png = f"{stem}_kappa{kappa_label(req.strength)}.png"
         return {"argv": argv, "command": "hsae " + shlex.join(argv), "edited_png": png}
 
 
