@@ -274,6 +274,8 @@ def test_bad_pages_and_files(server, tiny_run: Path) -> None:
     assert status == 404 and "unknown edit job" in json.loads(body)["error"]
     status, body, _ = request(server.url + "?sort=colour")
     assert status == 400 and "unknown sort" in body.decode()
+    status, body, _ = request(server.url + "edit?strength=lots")
+    assert status == 400 and "bad parameter strength" in body.decode()
     assert snapshot(tiny_run) == before
 
 

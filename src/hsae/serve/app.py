@@ -17,6 +17,7 @@ from urllib.parse import unquote
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
@@ -62,6 +63,13 @@ def create_app(ex: Explorer, trusted_hosts: list[str] | None = None) -> FastAPI:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         return page("error.html.j2", exc.status, message=str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameter(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path"))
+        msg = f"bad parameter {where or '?'}: {first.get('msg', 'invalid')}"
+        return await _input_error(request, InputError(msg))
 
     _pages(app, ex, page)
     _api(app, ex)
