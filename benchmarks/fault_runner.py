@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,8 @@ LAUNCH = (
     "sys.exit(main())\n"
 )
 AUDITED = frozenset({"open", "os.rename", "os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree"})
+# A temp file (or folder) of an atomic write of NAME: .NAME.XXXXXXXX.tmp (tempfile's names).
+TEMP_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
 
 
 # ----- the hook, run inside the child ---------------------------------------------------------
@@ -45,7 +48,9 @@ def category(op: str, path: str) -> str:
 
 def install_hook() -> None:
     """Log file operations under HSAE_FAULT_ROOT; with HSAE_FAULT_KILL_AT=KIND:N, SIGKILL this
-    process right before its N-th operation of that kind (KIND "any" counts every operation)."""
+    process right before its N-th operation of that kind (KIND "any" counts every operation;
+    "OP@NAME", e.g. "rename@metrics.json", counts that operation on NAME's temp files only:
+    "rename@NAME:1" kills right before the first atomic write of NAME is renamed into place)."""
     root = os.path.realpath(os.environ["HSAE_FAULT_ROOT"]) + os.sep
     kind, _, n_at = os.environ.get("HSAE_FAULT_KILL_AT", "any:0").partition(":")
     kill_at = int(n_at)
@@ -67,10 +72,12 @@ def install_hook() -> None:
             op = "write" if flags & write_flags else "read"
         rel = path[len(root) :]
         cat = category(op, rel)
-        for key in ("any", cat):
+        temp = TEMP_NAME.fullmatch(rel.rsplit("/", 1)[-1])
+        keys = ("any", cat) + ((f"{op}@{temp.group(1)}",) if temp else ())
+        for key in keys:
             counts[key] = counts.get(key, 0) + 1
         line = {"op": op, "path": rel, "kind": cat, "t": time.monotonic()}
-        kill = kill_at > 0 and counts.get(kind) == kill_at and kind in ("any", cat)
+        kill = kill_at > 0 and kind in keys and counts.get(kind) == kill_at
         if kill:
             line["kill"] = True
         os.write(log_fd, (json.dumps(line) + "\n").encode())

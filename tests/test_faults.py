@@ -240,6 +240,117 @@ def test_two_writers_in_one_process_and_reentrant_locks(tmp_path: Path) -> None:
     FolderLock(tmp_path / "t").acquire().release()  # both released
 
 
+# ----- a kill right before an atomic rename ----------------------------------------------------
+def test_next_write_removes_temps_no_live_writer_holds(tmp_path: Path) -> None:
+    target = tmp_path / "table.json"
+    stale, live = (tmp_path / f".table.json.{r}.tmp" for r in ("k1lled00", "w_iting1"))
+    others = [tmp_path / ".table.json.not-ours.tmp", tmp_path / ".table.json.b.json.abcdefgh.tmp"]
+    for f in (stale, live, *others):
+        f.write_text("complete, never renamed")
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a writer that is still at work
+        IO.atomic_write_json(target, {"ok": True})
+        assert not stale.exists() and live.exists() and all(f.exists() for f in others)
+        assert IO.temp_files(target) == [live]
+    finally:
+        os.close(fd)
+    IO.atomic_write_json(target, {"ok": True})  # its writer is gone now
+    assert IO.temp_files(target) == [] and json.loads(target.read_text()) == {"ok": True}
+
+
+def fault_tools():
+    """benchmarks/fault_runner.py, set to fork its runs from this process (as the campaign
+    does), and fault_campaign.snapshot (sha256 of visible files, wall-clock fields left out)."""
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    import fault_campaign
+    import fault_runner
+
+    fault_runner.prepare_fork()
+    return fault_runner, fault_campaign.snapshot
+
+
+@pytest.mark.slow
+def test_killed_before_a_shard_rename_verify_names_the_temp_and_extract_removes_it(
+    tmp_path: Path, capsys
+) -> None:
+    from hsae.toy.toyfaces import write_dataset
+
+    fr, snapshot = fault_tools()
+    write_dataset(tmp_path / "data", 4, seed=0, progress=False)
+    cmd = f"extract --data {tmp_path / 'data'} --out acts --steps 2 --batch 2 --shard-size 2"
+    cmd += " --no-progress"
+    for d in ("ref", "run"):
+        (tmp_path / d).mkdir()
+    assert fr.run_hsae(cmd.split(), tmp_path, cwd=tmp_path / "ref").rc == 0
+    log = tmp_path / "kill.jsonl"
+    killed = fr.run_hsae(
+        cmd.split(), tmp_path, log, "rename@shard-00001.npy:1", cwd=tmp_path / "run"
+    )
+    assert killed.rc == -signal.SIGKILL and killed.events[-1]["op"] == "rename", killed.stderr
+    acts = tmp_path / "run" / "acts"
+    [temp] = IO.hidden_temps(acts)
+    assert temp.name.startswith(f".{shard_name(1)}.") and np.load(temp).shape == (2, 128, 8, 8)
+    capsys.readouterr()
+    assert main(["store", "verify", str(acts)]) == 0
+    out = capsys.readouterr().out
+    assert "(incomplete: re-run its `hsae extract` to finish): 1 shard(s)" in out
+    assert f"1 leftover temp file(s) of an interrupted write, never read: {temp.name};" in out
+    assert fr.run_hsae(cmd.split(), tmp_path, cwd=tmp_path / "run").rc == 0
+    assert IO.hidden_temps(acts) == []
+    assert snapshot(acts)[0] == snapshot(tmp_path / "ref" / "acts")[0]
+
+
+@pytest.mark.slow
+def test_train_tidies_a_killed_checkpoint_swap_only_under_the_lock(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Killed between the two renames of a checkpoint swap (checkpoint → .checkpoint.old done,
+    .checkpoint.X.tmp → checkpoint not): a second `hsae train --resume` beside a live writer is
+    refused and touches nothing; then a resume killed right before metrics.json's rename leaves
+    its temp file, and the next resume removes it and ends on the uninterrupted run's bytes."""
+    fr, snapshot = fault_tools()
+    write_store(tmp_path / "s", n=12)
+    cmd = f"train --store {tmp_path / 's'} --out sae --latents 8 --steps 14 --batch 4"
+    cmd += " --checkpoint-every 7 --log-every 5 --warmup 2 --quiet"
+    args, resume = cmd.split(), [*cmd.split(), "--resume"]
+    for d in ("ref", "run"):
+        (tmp_path / d).mkdir()
+    assert fr.run_hsae(args, tmp_path, cwd=tmp_path / "ref").rc == 0
+    run, log = tmp_path / "run", tmp_path / "kill.jsonl"
+    assert fr.run_hsae(args, tmp_path, log, "rename@checkpoint:2", cwd=run).rc == -signal.SIGKILL
+    sae = run / "sae"
+    swap = sorted(p.name for p in sae.iterdir() if "checkpoint" in p.name)
+    assert len(swap) == 2 and ".checkpoint.old" in swap, swap
+    assert any(n.startswith(".checkpoint.") and n.endswith(".tmp") for n in swap), swap
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(sae)],
+        env={**os.environ, "PYTHONPATH": SRC},
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+        monkeypatch.chdir(run)
+        assert main(resume) == 2
+        assert "is being written by another process" in capsys.readouterr().err
+        assert sorted(p.name for p in sae.iterdir() if "checkpoint" in p.name) == swap
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+    killed = fr.run_hsae(resume, tmp_path, log, "rename@metrics.json:1", cwd=run)
+    assert killed.rc == -signal.SIGKILL, killed.stderr
+    assert [p.name.split(".")[1] for p in IO.hidden_temps(sae)] == ["metrics"]
+    assert fr.run_hsae(resume, tmp_path, cwd=run).rc == 0
+    assert IO.hidden_temps(sae) == [] and not (sae / ".checkpoint.old").exists()
+    assert snapshot(sae)[0] == snapshot(tmp_path / "ref" / "sae")[0]
+
+
 # ----- bad values ----------------------------------------------------------------------------
 def test_nan_in_h_names_the_images(tmp_path: Path) -> None:
     args = dict(meta=META, shape=SHAPE, shard_size=4, ids=[f"img{i}.png" for i in range(8)])

@@ -1,4 +1,6 @@
-"""`hsae store verify STORE`: check every shard of an activation store against its manifest."""
+"""`hsae store verify STORE`: check every shard of an activation store against its manifest, and
+name the temp files an interrupted write left in its folder (never read; `hsae extract` removes
+them when it opens the store)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def verify_command(args: argparse.Namespace) -> int:
     from hsae.data.store import ActivationStore
+    from hsae.utils.io import hidden_temps
 
     t0 = time.perf_counter()
     store = ActivationStore(args.store, allow_incomplete=True)
@@ -27,4 +30,11 @@ def verify_command(args: argparse.Namespace) -> int:
         f"activation store {store.path} ({state}): {n} shard(s), {size / 2**20:.1f} MB, every "
         f"sha256 matches the manifest ({time.perf_counter() - t0:.2f} s)"
     )
+    leftovers = hidden_temps(store.path)
+    if leftovers:
+        names = ", ".join(p.name for p in leftovers[:3]) + (" ..." if len(leftovers) > 3 else "")
+        print(
+            f"  {len(leftovers)} leftover temp file(s) of an interrupted write, never read: "
+            f"{names}; the next `hsae extract` into this store removes them"
+        )
     return 0

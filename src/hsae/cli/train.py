@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ import torch
 from hsae.cli.options import add_device_arguments
 from hsae.sae import BaseSAE, build_sae, make_config
 from hsae.sae.base import read_config
-from hsae.training.checkpoint import checkpoint_dir, read_trainer_state
+from hsae.training.checkpoint import find_checkpoint, read_trainer_state
 from hsae.training.config import B_DEC_INITS, RESUMABLE_CHANGES, StoreLike, TrainConfig
 from hsae.training.distributed import train_parallel
-from hsae.utils.device import device_options
+from hsae.utils.device import device_options, launched_ranks
+from hsae.utils.lock import FolderLock
 from hsae.utils.splits import split_rows
 
 CLI_FIELDS: dict[str, tuple[str, str, Any]] = {
@@ -93,7 +95,7 @@ def train_command(args: argparse.Namespace) -> int:
     from hsae.data.store import ActivationStore
 
     store = ActivationStore(args.store)
-    ckpt = checkpoint_dir(args.out) if args.resume and Path(args.out).is_dir() else None
+    ckpt = find_checkpoint(args.out) if args.resume else None  # read only: no lock needed
     if ckpt is not None:
         sae, tcfg = _configs_from_checkpoint(args, ckpt)
     else:
@@ -101,7 +103,11 @@ def train_command(args: argparse.Namespace) -> int:
     device, dtype = device_options(args)
     sae.to(device)  # float32 master weights; --dtype only sets the autocast precision
     progress = not args.quiet
-    metrics = train_parallel(sae, store, tcfg, args.out, args.resume, progress, dtype)
+    # Rank 0 holds the run folder's lock before anything tidies an interrupted checkpoint swap
+    # in it (the trainer's own lock is reentrant and shares this one).
+    rank = launched_ranks()[0]
+    with FolderLock(args.out, "SAE run folder", reentrant=True) if rank == 0 else nullcontext():
+        metrics = train_parallel(sae, store, tcfg, args.out, args.resume, progress, dtype)
     final = metrics["final"]
     print(
         f"trained {sae.cfg.architecture} SAE ({sae.cfg.n_latents} latents) for {metrics['steps']} "

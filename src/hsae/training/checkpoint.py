@@ -23,8 +23,20 @@ def _replace(src: Path, dst: Path) -> None:
     os.replace(src, dst)  # one seam, so tests can make exactly this rename fail
 
 
+def find_checkpoint(out_dir: Path | str) -> Path | None:
+    """The last good checkpoint, read without touching the folder (what a reader may do):
+    out_dir/checkpoint, or the previous one a kill left between the two renames of a swap."""
+    out_dir = Path(out_dir)
+    final, old = out_dir / CHECKPOINT, out_dir / f".{CHECKPOINT}.old"
+    found = final if final.is_dir() else old
+    return found if (found / STATE_FILE).is_file() else None
+
+
 def checkpoint_dir(out_dir: Path | str) -> Path | None:
-    """out_dir/checkpoint, first finishing a swap a kill interrupted; None if there is none."""
+    """out_dir/checkpoint, first finishing a swap a kill interrupted; None if there is none.
+
+    It renames and deletes in out_dir: call it only while holding the folder's lock (the trainer
+    does; a command that only reads uses find_checkpoint)."""
     out_dir = Path(out_dir)
     final, old = out_dir / CHECKPOINT, out_dir / f".{CHECKPOINT}.old"
     if not final.is_dir() and old.is_dir():

@@ -3,19 +3,28 @@
 A full disk (ENOSPC, or EDQUOT for a quota) during a write leaves the old file in place and the
 temp file removed, and is raised as DiskFullError: one line naming the file, saying that nothing
 was overwritten and that re-running the same command continues (every writer resumes).
+
+A process killed between writing its temp file (`.NAME.XXXXXXXX.tmp`) and the rename leaves that
+file behind, complete but never read. The next atomic write of the same file removes it: a
+writer holds an advisory `flock` on its own temp file until the rename, so only temp files whose
+writer is gone are removed (the kernel drops the lock of a killed process).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_TEMP_PART = re.compile(r"[a-z0-9_]{8}")  # the random part of a tempfile.mkstemp name
 
 
 class DiskFullError(OSError):
@@ -60,6 +69,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _try_flock(fd)  # marks this temp file as live until the rename
+        remove_stale_temps(path)
         # mkstemp creates 0600 files; outputs are meant to be shared like any other file.
         umask = os.umask(0)
         os.umask(umask)
@@ -72,6 +83,46 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _try_flock(fd: int) -> bool:
+    """Take an exclusive flock on fd without waiting; False if it is held (or unsupported)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: held by a live writer; others: no flock on this FS
+        return False
+    return True
+
+
+def temp_files(path: Path | str) -> list[Path]:
+    """The temp files atomic writes of `path` have left in its folder (none once renamed)."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    found = path.parent.glob(glob.escape(prefix) + "*.tmp")
+    return sorted(p for p in found if _TEMP_PART.fullmatch(p.name[len(prefix) : -len(".tmp")]))
+
+
+def remove_stale_temps(path: Path | str) -> int:
+    """Remove the temp files of `path` no live writer holds (a killed write's); return how many."""
+    removed = 0
+    for tmp in temp_files(path):
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # renamed or removed meanwhile
+            continue
+        try:
+            if _try_flock(fd) and tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
+def hidden_temps(folder: Path | str) -> list[Path]:
+    """Every hidden `.*.tmp` entry of folder: what an interrupted write or swap left there."""
+    folder = Path(folder)
+    return sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
