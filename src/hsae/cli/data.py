@@ -62,6 +62,13 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         help="U-Net memory format (auto: on for CPU and CUDA, measured faster there)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net blocks")
+    p.add_argument(
+        "--capture",
+        choices=["first", "window"],
+        default="first",
+        help="first: h_t at t (one row per image); window: h at every resumed step of the "
+        "edit window (one row per image and step, for window SAEs)",
+    )
     add_device_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_extract)

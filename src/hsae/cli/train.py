@@ -54,8 +54,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l1", type=float, help=f"L1 coefficient λ (default {d['l1']})")
     p.add_argument(
         "--context",
-        choices=["channel+image", "channel", "none"],
-        help="ζ context of channel tokens (default channel+image, the paper's)",
+        choices=["channel+image", "channel", "channel+timestep", "none"],
+        help="ζ context of channel tokens (default channel+image, the paper's; "
+        "channel+timestep for a window store: each row's timestep)",
     )
     p.add_argument("--k", type=int, help="nonzero codes per token (TopK architectures)")
     p.add_argument("--steps", type=int, help=f"total optimizer steps (default {d['steps']})")

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from hsae.data.images import conversion_summary, count_conversions
 from hsae.data.store import SPLIT_CODES, ActivationStore
 from hsae.data.store_writer import ActivationStoreWriter
+from hsae.data.window import CAPTURES, WindowRows, h_window, window_timesteps
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.hspace import mid_block_of
 from hsae.diffusion.invert import Inversion, ddim_grid, invert
@@ -170,12 +171,14 @@ def _shard_h(
     opts: dict[str, Any],
     bar: tqdm,
 ) -> np.ndarray:
+    per = dataset.per_image if isinstance(dataset, WindowRows) else 1
+    h_of = h_window if isinstance(dataset, WindowRows) else h_for_images
     parts = []
-    for start in range(rows[0], rows[1], batch):
-        idx = range(start, min(start + batch, rows[1]))
+    for start in range(rows[0], rows[1], batch * per):
+        idx = range(start, min(start + batch * per, rows[1]), per)  # one row per image
         x = torch.stack([dataset[i][0] for i in idx])
-        parts.append(h_for_images(backbone, x, **opts).float().cpu().numpy())
-        bar.update(len(idx))
+        parts.append(h_of(backbone, x, **opts).float().cpu().numpy())
+        bar.update(len(idx) * per)
     return np.concatenate(parts)
 
 
@@ -198,15 +201,24 @@ def extract(
     progress: bool = True,
     ranks: Ranks | None = None,
     meta_extra: dict[str, Any] | None = None,
+    capture: str = "first",
 ) -> Path:
     """Fill (or finish) the activation store at `out` with h_t of every image; return `out`.
 
     dtype is the store's (h on disk); `ranks` makes this one of several extraction processes;
-    meta_extra (e.g. fast_path's record) joins the run metadata a resumed run must match."""
+    meta_extra (e.g. fast_path's record) joins the run metadata a resumed run must match.
+    capture "window" stores h at every resumed step instead (hsae.data.window)."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
+    if capture not in CAPTURES:
+        raise ValueError(f"--capture must be one of {CAPTURES}, got {capture!r}")
     ranks = ranks or Ranks()
     meta = {**run_meta(backbone, t, steps, prompt), **(meta_extra or {})}
+    if capture == "window":
+        ts = window_timesteps(backbone, t, steps)
+        meta["window"] = {"timesteps": ts, "rows_per_image": len(ts)}
+        dataset = WindowRows(dataset, len(ts))
+        shard_size = -(-shard_size // len(ts)) * len(ts)  # whole images per shard
     shape = backbone.hspace_shape()
     if ranks.rank == 0:
         writer = _open_writer(dataset, out, meta, shape, dtype, shard_size)
@@ -290,6 +302,14 @@ def summary(store: ActivationStore) -> str:
         f"  timestep        {m['timestep']} of {model.get('kind', '?')} model "
         f"{model.get('model_id', '?')!r}  (t={m['t']}, DDIM grid of {m['steps']} steps)",
         f"  shards          {n_shards} x <= {store.manifest['shard_size']} rows",
+        *(
+            [
+                f"  window          {len(m['window']['timesteps'])} rows per image, timesteps "
+                f"{m['window']['timesteps']}"
+            ]
+            if m.get("window")
+            else []
+        ),
         f"  size on disk    {_human_bytes(store.nbytes_on_disk())}",
     ]
     if store.splits is not None and any(s is not None for s in store.splits):
@@ -327,6 +347,7 @@ def extract_command(args: argparse.Namespace) -> int:
         progress=not getattr(args, "no_progress", False),
         ranks=ranks,
         meta_extra=record,
+        capture=args.capture,
     )
     if ranks.rank == 0:
         print(summary(ActivationStore(out)))

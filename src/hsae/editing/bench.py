@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from hsae.editing import bench_methods as BM
+from hsae.editing.bench_cache import BenchCache, bench_key
 from hsae.editing.bench_run import effect_scores, run_rows, sweep
 from hsae.editing.bench_setup import (
     DEFAULT_SIZES,
@@ -116,30 +118,46 @@ def mean_direction(store: Any, rows: np.ndarray, y: np.ndarray) -> Tensor | None
 
 
 def run_editbench(inputs: BenchInputs, cfg: EditBenchConfig) -> dict[str, Any]:
-    """The whole benchmark; returns the editbench.json document (+ "_examples" image rows)."""
+    """The whole benchmark; returns the editbench.json document (+ "_examples" image rows).
+
+    With `inputs.cache_dir`, the inverted images and each finished attribute are kept there
+    (hsae.editing.bench_cache) and reused by a re-run with the same settings."""
     cfg.check()
+    clock = {"start": time.perf_counter()}
     store, clf = inputs.store, inputs.classifier
     names = benchmark_attributes(inputs, cfg)
     train, val_rows, test_rows = bench_rows(store, cfg)
+    cache = BenchCache(inputs.cache_dir, bench_key(cfg, inputs.saes, store, inputs.runner))
     entries = [
         BM.SAEEntry(n, s.eval(), code_stats(s, store, train)) for n, s in inputs.saes.items()
     ]
     pca = pca_basis(store, train, cfg.pca_components, cfg.seed)
-    sets = {
-        n: prepare_images(n, r, inputs, names) for n, r in (("val", val_rows), ("test", test_rows))
-    }
+    timings: dict[str, Any] = {"statistics_s": _lap(clock)}
+    sets = cache.load("images")
+    if sets is None:
+        sets = {
+            n: prepare_images(n, r, inputs, names)
+            for n, r in (("val", val_rows), ("test", test_rows))
+        }
+        cache.save("images", sets)
+    timings["invert_s"] = _lap(clock)
     clf_names = list(clf.attribute_names)
     results, examples = {}, {}
     bar = tqdm(names, desc="editbench", unit="attribute", disable=not cfg.progress)
     for attr in bar:
-        res, ex = bench_attribute(
-            inputs, sets, entries, pca, train, attr, clf_names.index(attr), cfg
-        )
-        results[attr], examples[attr] = res, ex
+        done = cache.load(f"attribute-{attr}")
+        if done is None:
+            done = bench_attribute(
+                inputs, sets, entries, pca, train, attr, clf_names.index(attr), cfg
+            )
+            cache.save(f"attribute-{attr}", done)
+        results[attr], examples[attr] = done
+    timings["attributes_s"] = _lap(clock)
     return {
         "command": shlex.join(sys.argv),
         "settings": _settings(cfg, inputs, sets, len(train)),
         "attributes": results,
+        "timings": timings,
         "_examples": examples,
     }
 
@@ -161,6 +179,11 @@ def _settings(cfg: EditBenchConfig, inputs: BenchInputs, sets: dict, n_train: in
         "effect_images": cfg.effect_images,
         "effect_size": cfg.effect_size,
         "top_channels": cfg.top_channels,
+        "top_positions": cfg.top_positions,
+        "max_group": cfg.max_group,
+        "test_sizes": cfg.test_sizes,
+        "side_windows": cfg.side_windows,
+        "components": cfg.components,
         "t": getattr(runner, "t", None),
         "steps": getattr(runner, "steps", None),
         "seed": cfg.seed,
@@ -178,8 +201,14 @@ def _features_for(
 ) -> dict[str, list[EditFeature]]:
     fams: dict[str, list[EditFeature]] = {}
     for e in entries:
-        fams.update(BM.sae_latent_candidates(e, y, cfg.n_candidates, cfg.top_channels))
-        if cfg.components:
+        fams.update(
+            BM.sae_latent_candidates(e, y, cfg.n_candidates, cfg.top_channels, cfg.top_positions)
+        )
+        if (
+            cfg.components is True
+            or cfg.components == "all"
+            or (cfg.components == "channel" and BM.is_channel_tokens(e.sae))
+        ):
             codes = _flat_codes(e, store, train)
             fams.update(BM.sae_component_candidates(e, codes, y))
     fams.update(BM.pca_candidates(pca, y, cfg.n_candidates))
@@ -200,6 +229,53 @@ def _flat_codes(entry: BM.SAEEntry, store: Any, rows: np.ndarray, batch: int = 1
     return torch.cat(parts).float()
 
 
+def select_features(
+    inputs: BenchInputs,
+    val: ImageSet,
+    fams: dict[str, list[EditFeature]],
+    target: int,
+    cfg: EditBenchConfig,
+) -> dict[str, tuple[EditFeature, dict]]:
+    """Per family its best train-AUROC candidate, and the best of its candidates by validation
+    effect (the classifier-logit change per unit of edit size) under the main window."""
+    chosen: dict[str, tuple[EditFeature, dict]] = {}
+    for fam, feats in fams.items():
+        label = fam if len(feats) == 1 else f"{fam} (auroc)"
+        how = {"mean_diff": "supervised", "random": "control"}.get(fam, "train AUROC")
+        chosen[label] = (feats[0], {"selection": how})
+        if len(feats) > 1 and cfg.effect_images > 0:
+            eff = effect_scores(inputs, val, feats, target, cfg.windows[-1], cfg)
+            if any(np.isfinite(eff)):
+                b = int(np.nanargmax(eff))
+                info = {"selection": "validation effect", "effects": eff, "rank_by_auroc": b + 1}
+                chosen[f"{fam} (effect)"] = (feats[b], info)
+    return chosen
+
+
+def test_sizes(
+    cfg: EditBenchConfig, matched: dict[str, Any], main: bool
+) -> tuple[float, ...] | dict[str, tuple[float, ...]]:
+    """The sizes measured on test: every swept size, or (`matched`) the validated size of each
+    direction, plus the largest swept size in the main window (does a feature edit at all?)."""
+    if cfg.test_sizes == "swept" or not matched:
+        return cfg.sizes
+    out = {}
+    for d in DIRECTIONS:
+        size = (matched.get(d) or {}).get("size")
+        sizes = () if size is None else (size,)
+        out[d] = (*sizes, max(cfg.sizes)) if main else sizes
+    return out
+
+
+def window_labels(chosen: dict[str, Any], cfg: EditBenchConfig, main: bool) -> list[str]:
+    """Features measured under a window: all of them in the main window; before it, with
+    `side_windows="selected"`, the effect-selected one of each family (its AUROC pick only
+    where the family has no effect pick) and the baselines."""
+    if main or cfg.side_windows == "all":
+        return list(chosen)
+    return [k for k in chosen if not (k.endswith(" (auroc)") and k[:-7] + " (effect)" in chosen)]
+
+
 def bench_attribute(
     inputs: BenchInputs,
     sets: dict[str, ImageSet],
@@ -210,28 +286,21 @@ def bench_attribute(
     target: int,
     cfg: EditBenchConfig,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Candidates → selection (AUROC on train, effect on val) → matched size (val) → test curves."""
+    """Candidates → selection (AUROC on train, effect on val) → matched size (val) → test."""
     val, test = sets["val"], sets["test"]
+    clock = {"start": time.perf_counter()}
     y = attribute_labels(inputs.store, train, attr)
     fams = _features_for(entries, pca, inputs.store, train, y, target, cfg)
     w_main = cfg.windows[-1]
-    chosen: dict[str, tuple[EditFeature, dict]] = {}
-    for fam, feats in fams.items():
-        label = fam if len(feats) == 1 else f"{fam} (auroc)"
-        how = {"mean_diff": "supervised", "random": "control"}.get(fam, "train AUROC")
-        chosen[label] = (feats[0], {"selection": how})
-        if len(feats) > 1 and cfg.effect_images > 0:
-            eff = effect_scores(inputs, val, feats, target, w_main, cfg)
-            if any(np.isfinite(eff)):
-                b = int(np.nanargmax(eff))
-                info = {"selection": "validation effect", "effects": eff, "rank_by_auroc": b + 1}
-                chosen[f"{fam} (effect)"] = (feats[b], info)
+    chosen = select_features(inputs, val, fams, target, cfg)
+    timings = {"select_s": _lap(clock)}
     # Matched size: where the supervised direction reaches its best validation flip while keeping.
     matched: dict[str, Any] = {}
     if "mean_diff" in chosen:
         vrows, _ = sweep(inputs, val, chosen["mean_diff"][0], target, cfg.sizes, w_main, cfg)
         matched = {d: matched_size(vrows, d, cfg.min_keep) for d in DIRECTIONS}
         matched["val_sweep"] = vrows
+    timings["matched_size_s"] = _lap(clock)
     has = test.pred[:, target].numpy().astype(bool)
     ex = np.concatenate(
         [np.flatnonzero(~has)[: cfg.n_examples], np.flatnonzero(has)[: cfg.n_examples]]
@@ -243,15 +312,18 @@ def bench_attribute(
         "clean": test.x_clean[ex],
         "edits": {},
     }
+    add, rem = (matched.get(d, {}).get("size") for d in DIRECTIONS)
     for w in cfg.windows:
+        main = w == w_main
         curves[str(w)] = {}
-        for label, (f, _) in chosen.items():
-            add, rem = (matched.get(d, {}).get("size") for d in DIRECTIONS)
-            keep_at: tuple[float | None, float | None] = (add, rem) if w == w_main else (None, None)
-            rows, kept = sweep(inputs, test, f, target, cfg.sizes, w, cfg, keep_at, ex)
+        sizes = test_sizes(cfg, matched, main)
+        for label in window_labels(chosen, cfg, main):
+            keep_at: tuple[float | None, float | None] = (add, rem) if main else (None, None)
+            rows, kept = sweep(inputs, test, chosen[label][0], target, sizes, w, cfg, keep_at, ex)
             curves[str(w)][label] = rows
             if kept:
                 example_rows["edits"][label] = kept
+        timings[f"test_window_{w}_s"] = _lap(clock)
     res = {
         "n_test_without": int((~has).sum()),
         "n_test_with": int(has.sum()),
@@ -264,8 +336,16 @@ def bench_attribute(
         "classifier_clean_accuracy": float(
             (test.pred[:, target].numpy() == attribute_labels(inputs.store, test.rows, attr)).mean()
         ),
+        "timings": timings,
     }
     return res, example_rows
+
+
+def _lap(clock: dict[str, float]) -> float:
+    """Seconds since the last lap (the benchmark's own profile, written to editbench.json)."""
+    now = time.perf_counter()
+    dt, clock["start"] = now - clock["start"], now
+    return round(dt, 2)
 
 
 def matched_size(rows: list[dict[str, Any]], direction: str, min_keep: float) -> dict[str, Any]:

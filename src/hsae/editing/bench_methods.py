@@ -46,17 +46,34 @@ class SAEEntry:
     stats: CodeStats
 
 
-def _is_channel_tokens(sae: BaseSAE) -> bool:
+def is_channel_tokens(sae: BaseSAE) -> bool:
     return len(sae.code_axes) > 1 and sae.code_axes[0] == "channel"
 
 
+def is_position_tokens(sae: BaseSAE) -> bool:
+    return len(sae.code_axes) > 1 and sae.code_axes[0] != "channel"
+
+
 def sae_latent_candidates(
-    entry: SAEEntry, labels: np.ndarray, n: int, top_channels: int | None
+    entry: SAEEntry,
+    labels: np.ndarray,
+    n: int,
+    top_channels: int | None,
+    top_positions: int | None = None,
 ) -> dict[str, list[EditFeature]]:
-    """Latent-wide features of one SAE, best train AUROC first, per family."""
+    """Latent-wide features of one SAE, best train AUROC first, per family; with `top_channels`
+    (channel tokens) or `top_positions` (spatial tokens) also the latent restricted to the N
+    tokens where it is most active on train: its own channels, or its own spatial support."""
     ranked = rank_by_auroc(entry.stats.score, labels, n)
     fams: dict[str, list[EditFeature]] = {f"{entry.name} latent add": []}
-    channel = _is_channel_tokens(entry.sae) and top_channels is not None
+    top_channels = (
+        top_channels
+        if is_channel_tokens(entry.sae)
+        else top_positions
+        if is_position_tokens(entry.sae)
+        else None
+    )
+    channel = top_channels is not None
     if channel:
         fams[f"{entry.name} latent@{top_channels} add"] = []
     for r in ranked:

@@ -62,24 +62,31 @@ def sweep(
     images: ImageSet,
     feature: EditFeature,
     target: int,
-    sizes: tuple[float, ...],
+    sizes: tuple[float, ...] | dict[str, tuple[float, ...]],
     window: int | str,
     cfg: EditBenchConfig,
     keep_at: tuple[float | None, float | None] = (None, None),
     keep_images: np.ndarray | None = None,
 ) -> tuple[list[dict[str, Any]], dict[int, Tensor]]:
-    """Every signed size on its group: +size on images without the attribute, −size on those with.
-    Returns one summary row per signed size, and the edited images of `keep_images` (by image
-    index) at keep_at = (add size, remove size)."""
+    """Every signed size on its group: +size on images without the attribute, −size on those with
+    (each group capped at cfg.max_group images). `sizes` is shared by both directions or given
+    per direction ({"add": …, "remove": …}). Returns one summary row per signed size, and the
+    edited images of `keep_images` (by image index) at keep_at = (add size, remove size)."""
     has = images.pred[:, target].numpy().astype(bool)
     unit = BM.size_per_unit(feature, images.h)
-    idx, u, tag = [], [], []
-    for s in sizes:
-        for sign, group in ((1, ~has), (-1, has)):
-            g = np.flatnonzero(group)
-            idx.append(g)
-            u.append(BM.oriented_u(feature, sign * s, unit[g]))
-            tag.append(np.full(len(g), sign * s))
+    per_dir = sizes if isinstance(sizes, dict) else {d: tuple(sizes) for d in ("add", "remove")}
+    pairs = [
+        (sign, s)
+        for sign, d in ((1, "add"), (-1, "remove"))
+        for s in sorted(set(per_dir.get(d, ())))
+    ]
+    groups = {1: np.flatnonzero(~has)[: cfg.max_group], -1: np.flatnonzero(has)[: cfg.max_group]}
+    idx, u, tag = [np.zeros(0, dtype=np.int64)], [np.zeros(0)], [np.zeros(0)]
+    for sign, s in pairs:
+        g = groups[sign]
+        idx.append(g)
+        u.append(BM.oriented_u(feature, sign * s, unit[g]))
+        tag.append(np.full(len(g), sign * s))
     idx_a, u_a, tag_a = (np.concatenate(v) for v in (idx, u, tag))
     keep = set()
     if keep_images is not None:
@@ -93,17 +100,14 @@ def sweep(
     metrics, kept = run_rows(
         inputs, images, feature, target, idx_a, u_a, window, cfg.mode, cfg.batch, keep
     )
-    rows = []
-    for s in sizes:
-        for sign in (1, -1):
-            sel = tag_a == sign * s
-            rows.append(
-                {
-                    "target_size": s,
-                    "direction": "add" if sign > 0 else "remove",
-                    **summarize(metrics, sel),
-                }
-            )
+    rows = [
+        {
+            "target_size": s,
+            "direction": "add" if sign > 0 else "remove",
+            **summarize(metrics, tag_a == sign * s),
+        }
+        for sign, s in pairs
+    ]
     return rows, {int(idx_a[i]): x for i, x in kept.items()}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -15,6 +16,8 @@ from hsae.editing.units import EDIT_MODES
 
 DEFAULT_SIZES = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5)
 DIRECTIONS = ("add", "remove")
+TEST_SIZES = ("swept", "matched")
+SIDE_WINDOWS = ("all", "selected")
 
 
 @dataclass
@@ -32,7 +35,11 @@ class EditBenchConfig:
     top_channels: int | None = 16
     pca_components: int = 64
     min_keep: float = 0.95
-    components: bool = True
+    components: bool | str = True  # True / "all", "channel" (channel-token SAEs only), False
+    top_positions: int | None = None  # spatial-token SAEs: a latent@N family on its top positions
+    max_group: int | None = None  # test/validation images per add or remove group (None: all)
+    test_sizes: str = "swept"  # "swept": every size on test; "matched": the validated sizes only
+    side_windows: str = "all"  # windows before the last: "all" features, or "selected" ones
     n_examples: int = 4
     batch: int = 64
     seed: int = 0
@@ -49,6 +56,14 @@ class EditBenchConfig:
             raise ValueError("--windows needs at least one window (1, N or all)")
         if not 0 <= self.min_keep <= 1:
             raise ValueError(f"--min-keep must be in [0, 1], got {self.min_keep}")
+        if self.test_sizes not in TEST_SIZES:
+            raise ValueError(f"--test-sizes must be one of {TEST_SIZES}, got {self.test_sizes!r}")
+        if self.side_windows not in SIDE_WINDOWS:
+            raise ValueError(
+                f"--side-windows must be one of {SIDE_WINDOWS}, got {self.side_windows!r}"
+            )
+        if self.max_group is not None and self.max_group < 1:
+            raise ValueError(f"--max-group must be >= 1, got {self.max_group}")
         if self.batch < 1 or self.n_candidates < 1:
             raise ValueError(f"--batch and --candidates must be >= 1: {self.batch}")
 
@@ -88,6 +103,7 @@ class BenchInputs:
     load_images: Callable[[np.ndarray], Tensor]
     masks: Callable[[list[str], str], Tensor | None] | None = None
     check_h: Callable[[np.ndarray, Tensor], None] | None = None
+    cache_dir: Path | None = None  # keeps finished parts for a resumed run (bench_cache)
 
 
 def classify(clf: Any, x: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -132,24 +132,29 @@ def neurons_changed(h_ref: Tensor, h_edit: Tensor, rtol: float = 1e-4) -> Tensor
 
 def edit_step_count(spec: int | str, t_index: int, option: str = "--window") -> int:
     """How many resumed steps an edit covers, from `parse_edit_steps`' value: "all" is every
-    step from t (grid index `t_index`) down to 0, a number must lie in 1..t_index + 1."""
+    step from t (grid index `t_index`) down to 0, "half" the first half of them (rounded up), a
+    number must lie in 1..t_index + 1."""
     n = t_index + 1
     if spec == "all":
         return n
+    if spec == "half":
+        return (n + 1) // 2
     if not 1 <= int(spec) <= n:
         raise ValueError(f"{option} must be in 1..{n} (the resumed steps from t), got {spec}")
     return int(spec)
 
 
 def parse_edit_steps(value: str | int) -> int | str:
-    """--window / --edit-steps: how many resumed steps to edit, a positive int or "all" (t down
-    to 0)."""
-    if isinstance(value, str) and value.lower() == "all":
-        return "all"
+    """--window / --edit-steps: how many resumed steps to edit, a positive int, "half" (the first
+    half of the resumed steps) or "all" (t down to 0)."""
+    if isinstance(value, str) and value.lower() in ("all", "half"):
+        return value.lower()
     try:
         n = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a step count or 'all', got {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a step count, 'half' or 'all', got {value!r}"
+        ) from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a step count >= 1 or 'all', got {n}")
     return n

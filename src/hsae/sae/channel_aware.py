@@ -23,6 +23,9 @@ ZETA_HIDDEN = 16
 # Normalised image coordinate used when no image index is given (test time): the mean of the
 # training coordinates i / (N - 1), i = 0..N-1.
 UNSEEN_IMAGE_COORD = 0.5
+# The "channel+timestep" context reads timestep / TIMESTEP_SCALE (diffusers' DDPM schedules of SD
+# and the toy model have 1,000 training timesteps).
+TIMESTEP_SCALE = 1000.0
 
 
 @register("channel_aware")
@@ -37,11 +40,14 @@ class ChannelAwareSAE(BaseSAE):
       (`image_index=None`) the image input is the constant 0.5, the mean of the normalised
       training indices; with an odd n_train_images this is exactly the middle training index.
     - "channel": ζ(c, 0); any image index passed is ignored.
+    - "channel+timestep": ζ(c, t / 1000), t the diffusion timestep of the h (an SAE trained on
+      h from every resumed step of the edit window). The `image_index` argument then carries
+      the integer timestep of each row; None means the SAE's own `cfg.timestep` (t = 0.7T).
     - "none": no context dims at all; tokens are the K·K values (d = K·K).
     """
 
     code_axes: ClassVar[tuple[str, ...]] = ("channel", "latent")
-    contexts: ClassVar[tuple[str, ...]] = ("channel+image", "channel", "none")
+    contexts: ClassVar[tuple[str, ...]] = ("channel+image", "channel", "channel+timestep", "none")
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -68,11 +74,29 @@ class ChannelAwareSAE(BaseSAE):
         chan = torch.arange(c, device=like.device, dtype=like.dtype) / max(c - 1, 1)
         if self.cfg.context == "channel":
             img = like.new_zeros(batch)
+        elif self.cfg.context == "channel+timestep":
+            img = self._normalised_timestep(image_index, batch).to(like)
         elif image_index is None:
             img = like.new_full((batch,), UNSEEN_IMAGE_COORD)
         else:
             img = self._normalised_image_index(image_index, batch).to(like)
         return torch.stack(torch.broadcast_tensors(chan[None, :], img[:, None]), dim=-1)
+
+    def _normalised_timestep(self, timestep: Tensor | None, batch: int) -> Tensor:
+        if timestep is None:
+            if self.cfg.timestep is None:
+                raise ValueError(
+                    "context 'channel+timestep' needs a timestep: pass one per row, or train the "
+                    "SAE on a store so cfg.timestep is set"
+                )
+            return torch.full((batch,), self.cfg.timestep / TIMESTEP_SCALE, dtype=torch.float64)
+        ts = torch.as_tensor(timestep)
+        if ts.shape != (batch,) or ts.is_floating_point():
+            raise ValueError(
+                f"timesteps must be an integer tensor of shape ({batch},), got {ts.dtype} "
+                f"{tuple(ts.shape)}"
+            )
+        return ts.double() / TIMESTEP_SCALE
 
     def _normalised_image_index(self, image_index: Tensor, batch: int) -> Tensor:
         idx = torch.as_tensor(image_index)

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-CONTEXTS = ("channel+image", "channel", "none")
+CONTEXTS = ("channel+image", "channel", "channel+timestep", "none")  # "none" stays last
 
 
 @dataclass
@@ -17,7 +17,9 @@ class SAEConfig:
     d_in: size of one token as the SAE reconstructs it: K*K for channel tokens, C for spatial
         tokens, C*K*K for the flat SAE (context dims come on top and are not counted).
     context: what is appended to each channel token through ζ: "channel+image" (paper eq. 6),
-        "channel" (image input fixed to 0) or "none" (no context dims).
+        "channel" (image input fixed to 0), "channel+timestep" (ζ(c, t/1000) with the diffusion
+        timestep of the token's h: for SAEs trained on every step of the edit window) or
+        "none" (no context dims).
     k / aux_k / aux_coeff / dead_steps: TopK architectures only (aux_k None = d_in // 2; a latent
         is dead after `dead_steps` training steps without firing).
     n_train_images: normalises the image index to [0, 1] as index / (n_train_images - 1).

@@ -24,6 +24,18 @@ def image_index_for_rows(store: StoreLike, rows: np.ndarray, split: str = "train
     return rank
 
 
+def row_timesteps(meta: dict, rows: np.ndarray) -> np.ndarray:
+    """The diffusion timestep of each store row: its resumed step's in a window store
+    (hsae.data.window: S rows per image, image-major), else the store's single timestep."""
+    window = meta.get("window")
+    if not window:
+        if meta.get("timestep") is None:
+            raise ValueError("the store records no timestep; the timestep context needs one")
+        return np.full(len(rows), int(meta["timestep"]), dtype=np.int64)
+    ts = np.asarray(window["timesteps"], dtype=np.int64)
+    return ts[np.asarray(rows, dtype=np.int64) % len(ts)]
+
+
 class StoreBatches(Iterator[tuple[Tensor, Tensor]]):
     """Endless image batches (h float32 (B, C, K, K), image index (B,)) over `indices`.
 
@@ -31,13 +43,23 @@ class StoreBatches(Iterator[tuple[Tensor, Tensor]]):
     dropped so every step sees the same number of tokens. `state_dict()` is the position.
     """
 
-    def __init__(self, store: StoreLike, indices: np.ndarray, batch_images: int, seed: int):
+    def __init__(
+        self,
+        store: StoreLike,
+        indices: np.ndarray,
+        batch_images: int,
+        seed: int,
+        context: np.ndarray | None = None,
+    ):
         if batch_images > len(indices):
             raise ValueError(
                 f"batch of {batch_images} images is larger than the {len(indices)} training "
                 "images in the store; lower --batch"
             )
         self.store, self.indices, self.batch, self.seed = store, indices, batch_images, seed
+        # The ζ input per position (e.g. each row's timestep); None: the position itself, which is
+        # the image index of the paper's context.
+        self.context = context
         self.epoch, self.offset = 0, 0
         self._order: tuple[int, np.ndarray] | None = None
 
@@ -55,7 +77,8 @@ class StoreBatches(Iterator[tuple[Tensor, Tensor]]):
         pos = np.sort(self.order(self.epoch)[self.offset : self.offset + self.batch])
         self.offset += self.batch
         h = torch.from_numpy(np.asarray(self.store[self.indices[pos]], dtype=np.float32))
-        return h, torch.from_numpy(pos.astype(np.int64))
+        ctx = pos if self.context is None else self.context[pos]
+        return h, torch.from_numpy(np.asarray(ctx).astype(np.int64))
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed, "n": len(self)}

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 from hsae.sae import WEIGHTS_FILE, BaseSAE
 from hsae.sae.base import read_config
-from hsae.training.batches import StoreBatches, init_sae, sample_images
+from hsae.training.batches import StoreBatches, init_sae, row_timesteps, sample_images
 from hsae.training.checkpoint import (
     _rng_state,
     _set_rng_state,
@@ -323,7 +323,8 @@ def _train(
 ) -> dict[str, Any]:
     indices = split_rows(store, cfg.split)
     _prepare_sae(sae, store, cfg, len(indices))
-    batches = StoreBatches(store, indices, cfg.batch_images, cfg.seed)
+    context = row_timesteps(store.meta, indices) if sae.cfg.context == "channel+timestep" else None
+    batches = StoreBatches(store, indices, cfg.batch_images, cfg.seed, context)
     opt = make_optimizer(sae, cfg.lr)
     dead = DeadLatents(sae)
     run = _Run(sae, cfg, out_dir, batches, opt, dead, TrainerState(), sae.cfg.l1_coeff)
