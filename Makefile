@@ -166,3 +166,10 @@ docs: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# The GPU check (docs/gpu.md): SD 2.1-sized extraction (float16) and SAE training against their
+# peers on one GPU, one JSON in runs/gpu-check.json, <= 5 minutes on one H100-class GPU.
+# `make gpu-check GPU_CHECK_ARGS="--device cpu --tiny"` runs the same code at toy sizes here.
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	PYTHON=$(PY) benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
