@@ -108,6 +108,9 @@ class InverseSolver:
         return invert_solver(backbone, z0, self, t, steps, prompt)
 
 
+DDIM_INVERSION = InverseSolver()  # the default everywhere: hsae.diffusion.invert.invert
+
+
 def solver_timesteps(
     backbone: DiffusionBackbone, start: int, target: int, calls: int, spacing: str = "logsnr"
 ) -> list[int]:
