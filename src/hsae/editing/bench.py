@@ -273,7 +273,8 @@ def window_labels(chosen: dict[str, Any], cfg: EditBenchConfig, main: bool) -> l
     where the family has no effect pick) and the baselines."""
     if main or cfg.side_windows == "all":
         return list(chosen)
-    return [k for k in chosen if not (k.endswith(" (auroc)") and k[:-7] + " (effect)" in chosen)]
+    tag = " (auroc)"
+    return [k for k in chosen if not (k.endswith(tag) and k[: -len(tag)] + " (effect)" in chosen)]
 
 
 def bench_attribute(
