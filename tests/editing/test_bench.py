@@ -260,3 +260,104 @@ def test_editbench_refuses_images_that_are_not_the_stores(
     root = tiny_run["root"]
     assert main(_bench_args(root, "other", "bench-other")) == 2
     assert "do not reproduce the h_t" in capsys.readouterr().err
+
+
+class CountingRunner(FakeRunner):
+    """FakeRunner that counts the image rows it resumes (the benchmark's cost)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def resume(self, state: Tensor, idx: np.ndarray, edit, window) -> Tensor:
+        self.rows += len(idx)
+        return super().resume(state, idx, edit, window)
+
+
+def _sized_inputs(planted: dict, runner: FakeRunner, cache: Path | None = None) -> EB.BenchInputs:
+    base = planted["inputs"]
+    return EB.BenchInputs(
+        store=base.store,
+        saes=base.saes,
+        classifier=base.classifier,
+        runner=runner,
+        load_images=base.load_images,
+        cache_dir=cache,
+    )
+
+
+SIZED = {
+    "n_test": 16,
+    "n_val": 16,
+    "sizes": (0.1, 0.5, 1.5),
+    "windows": (1, "all"),
+    "n_candidates": 3,
+    "effect_images": 8,
+    "top_channels": 1,
+    "pca_components": 4,
+    "n_examples": 2,
+    "batch": 7,
+    "progress": False,
+}
+
+
+def test_validated_sizes_group_caps_and_side_windows(planted: dict) -> None:
+    cfg = EB.EditBenchConfig(**SIZED, max_group=3, test_sizes="matched", side_windows="selected")
+    doc = EB.run_editbench(_sized_inputs(planted, FakeRunner()), cfg)
+    res = doc["attributes"]["A"]
+    matched = {d: res["matched"][d]["size"] for d in ("add", "remove")}
+    main_rows = res["curves"]["all"]["mean_diff"]
+    # Main window: the validated size of each direction and the largest swept one, nothing else.
+    for d in ("add", "remove"):
+        sizes = sorted(r["target_size"] for r in main_rows if r["direction"] == d)
+        assert sizes == sorted({matched[d], 1.5})
+    assert all(r["n"] <= 3 for r in main_rows)  # groups capped
+    # Side window: the validated size only, and no AUROC pick where an effect pick exists.
+    side = res["curves"]["1"]
+    assert all(len(rows) == 2 for rows in side.values())
+    assert "ca latent add (effect)" in side and "ca latent add (auroc)" not in side
+    assert "ca latent add (auroc)" in res["curves"]["all"]
+    assert {"select_s", "matched_size_s", "test_window_all_s"} <= set(res["timings"])
+    assert {"statistics_s", "invert_s", "attributes_s"} <= set(doc["timings"])
+
+
+def test_sizing_cuts_the_resumed_rows(planted: dict) -> None:
+    full, sized = CountingRunner(), CountingRunner()
+    EB.run_editbench(_sized_inputs(planted, full), EB.EditBenchConfig(**SIZED))
+    cfg = EB.EditBenchConfig(**SIZED, max_group=3, test_sizes="matched", side_windows="selected")
+    EB.run_editbench(_sized_inputs(planted, sized), cfg)
+    assert 0 < sized.rows < full.rows / 2
+
+
+def test_a_rerun_reuses_finished_parts(planted: dict, tmp_path: Path) -> None:
+    cfg = EB.EditBenchConfig(**SIZED, test_sizes="matched")
+    first = CountingRunner()
+    doc1 = EB.run_editbench(_sized_inputs(planted, first, tmp_path), cfg)
+    parts = sorted(p.name for p in (tmp_path / ".partial").iterdir())
+    assert parts == ["attribute-A.pt", "attribute-B.pt", "images.pt"]
+    again = CountingRunner()
+    doc2 = EB.run_editbench(_sized_inputs(planted, again, tmp_path), cfg)
+    assert again.rows == 0 and first.rows > 0  # nothing resumed again
+    assert doc1["attributes"]["A"]["curves"] == doc2["attributes"]["A"]["curves"]
+    # A lost attribute is redone alone; other settings ignore the saved parts.
+    (tmp_path / ".partial" / "attribute-B.pt").unlink()
+    third = CountingRunner()
+    EB.run_editbench(_sized_inputs(planted, third, tmp_path), cfg)
+    assert 0 < third.rows < first.rows
+    fourth = CountingRunner()
+    other = EB.EditBenchConfig(**{**SIZED, "sizes": (0.2, 0.5, 1.5)}, test_sizes="matched")
+    EB.run_editbench(_sized_inputs(planted, fourth, tmp_path), other)
+    assert fourth.rows == first.rows
+    # A torn part file is redone, not read.
+    (tmp_path / ".partial" / "attribute-A.pt").write_bytes(b"torn")
+    fifth = CountingRunner()
+    EB.run_editbench(_sized_inputs(planted, fifth, tmp_path), other)
+    assert 0 < fifth.rows < first.rows
+
+
+def test_bad_sizing_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="--test-sizes"):
+        EB.EditBenchConfig(test_sizes="some").check()
+    with pytest.raises(ValueError, match="--side-windows"):
+        EB.EditBenchConfig(side_windows="x").check()
+    with pytest.raises(ValueError, match="--max-group"):
+        EB.EditBenchConfig(max_group=0).check()
