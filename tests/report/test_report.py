@@ -29,8 +29,9 @@ EDIT_ROWS = ("a.png", "b.png")
 BAD_NAME = "<b>x&y.png"  # a file name that is also markup: must reach the page escaped
 # training, eval, histogram (3) + features: 3 cards × (strip, K×K map), the 2 edit strips of 1:5
 # and 2 sub-folder crops (10) + edits: 2 row cards and edit-hat's 2 (4) + editbench's example (1)
-# + interpolate's png and gif (2); edit/'s markdown image points at its cards instead
-EXPECTED_IMAGES = 20
+# + interpolate's png and gif (2) + the atlas: 1 latent card × (drives, edits, effects) (3);
+# edit/'s markdown image points at its cards instead
+EXPECTED_IMAGES = 23
 
 
 def tiny_png(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (8, 6)) -> None:
@@ -120,6 +121,30 @@ def write_features(folder: Path) -> None:
     )
 
 
+def write_atlas(folder: Path) -> None:
+    """An atlas of one latent (as `hsae features --atlas` writes it) and one of a broken record."""
+    files = {k: f"atlas/latent_00007_{k}.png" for k in ("drives", "edits", "effects")}
+    for i, rel in enumerate(files.values()):
+        tiny_png(folder / rel, (10 * i, 20, 30))
+    rec = {
+        "rank": 1, "latent": 7, "picked_for": "Smiling", "freq": 0.4,
+        "fires_on": {"attribute": "Smiling", "sign": 1, "auroc_train": 0.8},
+        "writes": {"attribute": "Eyeglasses", "sign": -1, "effect": -1.25, "se": 0.1,
+                   "above_control": True},
+        "effect": {"Smiling": 0.2, "Eyeglasses": -1.25}, "effect_add": {"Eyeglasses": -1.5},
+        "effect_remove": {"Eyeglasses": -1.0}, "auroc_train": {"Smiling": 0.8},
+        "example_ids": ["a.png"], "top_ids": ["b.png", "c.png"], "n_images": 8,
+        "files": files,
+    }  # fmt: skip
+    doc = {
+        "settings": {"architecture": "channel_aware", "rank": "auroc", "size": 0.5, "n_val": 8},
+        "latents": [rec, {"latent": 9, "writes": None, "files": {"drives": "../a.png"}}],
+        "summary": {"n_latents": 2, "n_write_what_they_fire_on": 0, "n_same_attribute": 0,
+                    "n_above_control": 1},
+    }  # fmt: skip
+    (folder / "atlas.json").write_text(json.dumps(doc))
+
+
 def write_edit(folder: Path) -> None:
     doc = {
         "components": ["1:5"],
@@ -152,6 +177,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_stage(run / "features", "", feats)
     write_features(run / "features")
     (run / "features" / "feature_0001" / "atlas.json").write_text(json.dumps({"auroc": 0.75}))
+    write_atlas(run / "features")
     write_stage(run / "edit", "# Edit\n\n![the grid](grid.png)\n", {})
     write_edit(run / "edit")
     write_stage(run / "edit-hat", "no table here", {"grid.png": (99, 9, 9), BAD_NAME: (1, 1, 1)})
@@ -293,6 +319,26 @@ def test_every_feature_is_one_named_card(built: dict, run_dir: Path) -> None:
     assert (
         "grid of a.png" in card_15 and "grid of b.png" in card_15 and "where 1:5 fires" in card_15
     )
+
+
+def test_the_atlas_is_one_labelled_card_per_latent_with_its_number(
+    built: dict, run_dir: Path
+) -> None:
+    page = page_of(run_dir)
+    head = {s["id"]: s["headline"] for s in built["sections"]}["atlas"]
+    assert head["value"] == "0 of 2" and "write the attribute they fire on" in head["label"]
+    assert "strongest: latent 7 writes Eyeglasses (−), fires on Smiling (+)" in head["detail"]
+    card = page.split('data-card="latent 7: writes Eyeglasses (−), fires on Smiling (+)"')[1]
+    card = card.split("</article>")[0]
+    assert "<dt>effect on Eyeglasses</dt><dd>-1.250 ± 0.100 logit per unit size</dd>" in card
+    assert "<dd>-1.500 / -1.000</dd>" in card and "<dd>Smiling (0.800)</dd>" in card
+    for what in ("is driven by", "added to a.png", "logit change per unit edit size"):
+        assert what in card, what
+    assert card.count("<figcaption>") == 3
+    assert 'data-card="latent 9: writes –, fires on –"' in page  # a broken record: named anyway
+    # shown in the atlas section only, not again in the features gallery
+    assert page.count("latent_00007_drives.png") == 2  # the link and the img of one figure
+    assert "data/features/features/atlas.json" in page
 
 
 def test_firing_map_splits_the_pre_activation_over_positions(run_dir: Path) -> None:

@@ -6,6 +6,7 @@ RUN is read by convention:
     RUN/sae       SAE checkpoint            → loss curves (loss_curves.png or train_log.jsonl)
     RUN/eval, RUN/probe, RUN/features, RUN/edit*, RUN/editbench, RUN/counterfactual,
     RUN/interpolate                         → one section each: a "stage folder"
+    RUN/features/atlas.json                 → the feature atlas (`report.atlas`)
 
 Each section opens with the one number that matters (`report.headlines`), then shows what its
 folder holds (`report.stages`): markdown, every image with a caption naming it, grids cut into
@@ -27,6 +28,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from hsae.report import headlines
+from hsae.report.atlas import atlas_claims, atlas_section
 from hsae.report.collect import SUMMARY_FILE, Collector, previous_files
 from hsae.report.computed import sparsity_section, training_section
 from hsae.report.features import feature_cards
@@ -41,6 +43,7 @@ SECTION_ORDER = (
     "sparsity",
     "probe",
     "features",
+    "atlas",
     "edits",
     "editbench",
     "counterfactual",
@@ -106,6 +109,8 @@ def stage_section(
         ):
             lead, claimed = fc.blocks, {**claimed, **fc.claimed}
             section.headline, section.n_images = fc.headline, section.n_images + fc.n_images
+        if stage.id == "features":  # the atlas's images are its own section's cards
+            claimed = {**claimed, **atlas_claims(folder)}
         if cards:
             lead.append(Block("cards", cards=cards))
             section.n_images += sum(len(c.figures) for c in cards)
@@ -132,6 +137,7 @@ def build_report(
     grids = {f: labelled_grids(f, col, f"edits/{f.name}") for f in stage_folders(run, edit_stage)}
     made = {s.id: stage_section(run, s, col, grids) for s in STAGES}
     made["training"] = training_section(run, col)
+    made["atlas"] = atlas_section(run, col)
     made["sparsity"] = sparsity_section(run, col, sparsity_images, threshold_k, target)
     sections = [made[i] for i in SECTION_ORDER]
     col.prune(previous)
