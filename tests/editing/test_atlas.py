@@ -188,3 +188,19 @@ def test_latent_aurocs_match_sklearn_with_ties() -> None:
         for a in range(2):
             assert got[j, a] == pytest.approx(roc_auc_score(labels[:, a], score[:, j]))
     assert np.isnan(latent_aurocs(score, np.ones((40, 1), dtype=bool))).all()
+
+
+def test_cli_refuses_bad_atlas_options_before_any_work(
+    atlas: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hsae.cli import main
+
+    sae = tmp_path / "sae"
+    planted_sae().save(sae)
+    base = ["features", "--store", str(atlas["out"].parent / "acts"), "--sae", str(sae)]
+    out = tmp_path / "features"
+    assert main([*base, "--out", str(out), "--atlas", "--atlas-size", "0"]) == 2
+    assert "--atlas-size must be a positive edit size" in capsys.readouterr().err
+    assert not out.exists()  # refused before the features were computed
+    with pytest.raises(SystemExit):  # argparse's own refusal
+        main([*base, "--out", str(out), "--atlas", "--atlas-rank", "x"])

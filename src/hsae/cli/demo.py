@@ -114,6 +114,16 @@ def demo_stages(
         "no_components": True,  # single components do not flip (docs/editing.md); kept small
     }
 
+    # The feature atlas of the demo's SAE, small: 4 latents edited on 8 validation images at 10
+    # DDIM steps (docs/editing.md: 10 steps tell the same story as 50), about half a minute.
+    atlas = {
+        "atlas": True,
+        "atlas_latents": 4,
+        "atlas_images": 8,
+        "atlas_stats": 512,
+        "atlas_steps": min(steps, 10),
+    }
+
     def pca() -> dict[str, object]:  # PCA-L needs L train images; tiny test runs have fewer
         n_train = sum(
             1 for v in parse_partition(data / "list_eval_partition.txt").values() if v == 0
@@ -132,7 +142,9 @@ def demo_stages(
         ),
         (
             "features",
-            lambda: _hsae(_cmd("features", **dev, **both, data=data, out=run / "features")),
+            lambda: _hsae(
+                _cmd("features", **dev, **both, **atlas, data=data, out=run / "features")
+            ),
         ),
         ("probe", lambda: _hsae(_cmd("probe", **dev, **both, out=run / "probe"))),
         (
@@ -152,6 +164,7 @@ def _done(run: Path, stage: str) -> bool:
         "data": "data/list_eval_partition.txt",
         "extract": "acts/manifest.json",
         "sae": "sae/sae.safetensors",
+        "features": "features/atlas.json",  # written after table.md: the features stage's end
     }
     path = run / marks.get(stage, f"{stage}/table.md")
     if stage == "extract":
