@@ -11,6 +11,7 @@ import torch
 from hsae.cli.options import add_device_arguments
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.roundtrip import roundtrip_errors
+from hsae.diffusion.solvers import DEFAULT_CALLS, INVERSE_SCHEDULERS
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +69,20 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         default="first",
         help="first: h_t at t (one row per image); window: h at every resumed step of the "
         "edit window (one row per image and step, for window SAEs)",
+    )
+    p.add_argument(
+        "--inverse-scheduler",
+        choices=sorted(INVERSE_SCHEDULERS),
+        default="ddim",
+        help="x0 -> z_t: ddim (one U-Net call per --steps grid step up to t) or DPM-Solver++ of "
+        "order 1/2/3 (diffusers' inverse scheduler) in --inverse-calls calls to the same "
+        "timestep; dpm++3m came closest to the finest inversion (docs/gpu.md)",
+    )
+    p.add_argument(
+        "--inverse-calls",
+        type=int,
+        default=None,
+        help=f"U-Net calls of a solver's inversion (default {DEFAULT_CALLS})",
     )
     add_device_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

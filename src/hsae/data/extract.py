@@ -28,7 +28,8 @@ from hsae.data.store_writer import ActivationStoreWriter
 from hsae.data.window import CAPTURES, WindowRows, h_window, window_timesteps
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.hspace import mid_block_of
-from hsae.diffusion.invert import Inversion, ddim_grid, invert
+from hsae.diffusion.invert import Inversion, ddim_grid
+from hsae.diffusion.solvers import DDIM_INVERSION, InverseSolver
 from hsae.utils.device import launched_ranks
 
 HOOK_POINT = "unet.mid_block"
@@ -124,13 +125,18 @@ def capture_mid(backbone: DiffusionBackbone, inv: Inversion, prompt: str = "") -
 
 
 def h_for_images(
-    backbone: DiffusionBackbone, x: torch.Tensor, t: float, steps: int, prompt: str
+    backbone: DiffusionBackbone,
+    x: torch.Tensor,
+    t: float,
+    steps: int,
+    prompt: str,
+    inverse: InverseSolver = DDIM_INVERSION,
 ) -> torch.Tensor:
-    """h_t (B, C, K, K) of a batch of images in [-1, 1]."""
+    """h_t (B, C, K, K) of a batch of images in [-1, 1], inverted by `inverse` (DDIM)."""
     z0 = backbone.encode(x)
     if _is_channels_last(backbone.unet):
         z0 = z0.contiguous(memory_format=torch.channels_last)
-    inv = invert(backbone, z0, t, steps, prompt)
+    inv = inverse.invert(backbone, z0, t, steps, prompt)
     return capture_mid(backbone, inv, prompt).contiguous()
 
 
@@ -202,18 +208,20 @@ def extract(
     ranks: Ranks | None = None,
     meta_extra: dict[str, Any] | None = None,
     capture: str = "first",
+    inverse: InverseSolver = DDIM_INVERSION,
 ) -> Path:
     """Fill (or finish) the activation store at `out` with h_t of every image; return `out`.
 
     dtype is the store's (h on disk); `ranks` makes this one of several extraction processes;
     meta_extra (e.g. fast_path's record) joins the run metadata a resumed run must match.
-    capture "window" stores h at every resumed step instead (hsae.data.window)."""
+    capture "window" stores h at every resumed step instead (hsae.data.window); `inverse` is how
+    x0 is inverted to z_t (DDIM on the `steps` grid, or a solver: hsae.diffusion.solvers)."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
     if capture not in CAPTURES:
         raise ValueError(f"--capture must be one of {CAPTURES}, got {capture!r}")
     ranks = ranks or Ranks()
-    meta = {**run_meta(backbone, t, steps, prompt), **(meta_extra or {})}
+    meta = {**run_meta(backbone, t, steps, prompt), **inverse.record(), **(meta_extra or {})}
     if capture == "window":
         ts = window_timesteps(backbone, t, steps)
         meta["window"] = {"timesteps": ts, "rows_per_image": len(ts)}
@@ -228,7 +236,7 @@ def extract(
         writer = ActivationStoreWriter.attach(out)
     try:  # rank 0's writer holds the store's lock (hsae.utils.lock) until the end
         mine = writer.pending_shards()[ranks.rank :: ranks.world]
-        run = (t, steps, prompt)
+        run = (t, steps, prompt, inverse)
         _extract_shards(dataset, backbone, writer, mine, batch, run, progress, ranks)
         ranks.barrier()
         if ranks.world > 1 and ranks.rank == 0:
@@ -267,12 +275,12 @@ def _extract_shards(
     writer: ActivationStoreWriter,
     shards: list[int],
     batch: int,
-    run: tuple[float, int, str],
+    run: tuple[float, int, str, InverseSolver],
     progress: bool,
     ranks: Ranks,
 ) -> None:
     todo = sum(b - a for a, b in map(writer.shard_rows, shards))
-    opts = {"t": run[0], "steps": run[1], "prompt": run[2]}
+    opts = {"t": run[0], "steps": run[1], "prompt": run[2], "inverse": run[3]}
     desc = "extract" if ranks.world == 1 else f"extract [rank {ranks.rank}/{ranks.world}]"
     with tqdm(total=todo, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
         for i in shards:
@@ -300,7 +308,12 @@ def summary(store: ActivationStore) -> str:
         f"  images          {len(store)}  (skipped unreadable: {len(store.skipped)})",
         f"  converted       {conversion_summary(store.conversions(), len(store))}",
         f"  timestep        {m['timestep']} of {model.get('kind', '?')} model "
-        f"{model.get('model_id', '?')!r}  (t={m['t']}, DDIM grid of {m['steps']} steps)",
+        f"{model.get('model_id', '?')!r}  (t={m['t']}, DDIM grid of {m['steps']} steps"
+        + (
+            f", inverted by {m['inverse_scheduler']} in {m['inverse_calls']} U-Net calls)"
+            if m.get("inverse_scheduler")
+            else ")"
+        ),
         f"  shards          {n_shards} x <= {store.manifest['shard_size']} rows",
         *(
             [
@@ -326,6 +339,7 @@ def extract_command(args: argparse.Namespace) -> int:
     if not data.is_dir():
         what = "does not exist" if not data.exists() else "is not a folder"
         raise FileNotFoundError(f"--data {data} {what}; expected an image or CelebA-layout folder")
+    inverse = InverseSolver(args.inverse_scheduler, args.inverse_calls)  # checked before loading
     ranks = Ranks.from_launcher()
     backbone = DiffusionBackbone.load(args.model, dtype=args.dtype, device=args.device)
     record = fast_path(backbone, args.channels_last, args.compile)
@@ -348,6 +362,7 @@ def extract_command(args: argparse.Namespace) -> int:
         ranks=ranks,
         meta_extra=record,
         capture=args.capture,
+        inverse=inverse,
     )
     if ranks.rank == 0:
         print(summary(ActivationStore(out)))

@@ -18,7 +18,8 @@ import torch
 
 from hsae.diffusion.backbone import DiffusionBackbone
 from hsae.diffusion.hspace import hspace_hook
-from hsae.diffusion.invert import ddim_grid, invert, resume
+from hsae.diffusion.invert import ddim_grid, resume
+from hsae.diffusion.solvers import DDIM_INVERSION, InverseSolver
 
 CAPTURES = ("first", "window")
 
@@ -63,10 +64,15 @@ class WindowRows:
 
 @torch.no_grad()
 def h_window(
-    backbone: DiffusionBackbone, x: torch.Tensor, t: float, steps: int, prompt: str
+    backbone: DiffusionBackbone,
+    x: torch.Tensor,
+    t: float,
+    steps: int,
+    prompt: str,
+    inverse: InverseSolver = DDIM_INVERSION,
 ) -> torch.Tensor:
     """(B·S, C, K, K): h at each resumed step of each image, image-major, unedited resume."""
-    inv = invert(backbone, backbone.encode(x), t, steps, prompt)
+    inv = inverse.invert(backbone, backbone.encode(x), t, steps, prompt)
     with hspace_hook(backbone.unet, capture=True) as rec:
         resume(backbone, inv.z_t, inv.t_index, inv.grid, prompt)
     h = torch.stack(rec.captured, dim=1)  # (B, S, C, K, K)
