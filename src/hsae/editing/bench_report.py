@@ -131,7 +131,9 @@ def plot_curves(attr: str, res: dict[str, Any], window: str, path: Path) -> None
 
     from hsae.utils.io import atomic_write_bytes
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    n_feats = len(res["curves"][window])
+    legend_rows = math.ceil(n_feats / 4)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5 + 0.22 * legend_rows))
     keys = (("flipped", "flip rate"), ("preserved", "others kept"), ("change_outside", "out Δ"))
     colours = plt.get_cmap("tab20")
     for i, (label, rows) in enumerate(res["curves"][window].items()):
@@ -145,18 +147,20 @@ def plot_curves(attr: str, res: dict[str, Any], window: str, path: Path) -> None
                     ci = [r["flipped_ci"] or [y, y] for y, r in zip(ys, rr, strict=True)]
                     lo = [max(y - c[0], 0.0) for y, c in zip(ys, ci, strict=True)]
                     hi = [max(c[1] - y, 0.0) for y, c in zip(ys, ci, strict=True)]
-                    ax.errorbar(xs, ys, yerr=[lo, hi], label=f"{label} {d}", capsize=2, **kw)
+                    name = label if d == "add" else None  # one legend entry per feature
+                    ax.errorbar(xs, ys, yerr=[lo, hi], label=name, capsize=2, **kw)
                 else:
                     ax.plot(xs, ys, **kw)
     for ax, (_, title) in zip(axes, keys, strict=True):
         ax.set_xlabel("‖h̃ − h‖ / ‖h‖ at the first edited step")
-        ax.set_title(f"{attr}: {title} (window {window})")
+        ax.set_title(f"{attr}: {title} (window {window}; add solid, remove dashed)", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].axhline(BAR["flip"], color="k", lw=0.5)
     axes[1].axhline(BAR["keep"], color="k", lw=0.5)
     axes[2].axhline(BAR["outside"], color="k", lw=0.5)
-    axes[0].legend(fontsize=6, loc="best")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.subplots_adjust(bottom=(0.22 * legend_rows + 0.6) / (4.5 + 0.22 * legend_rows), top=0.92)
     import io
 
     buf = io.BytesIO()
