@@ -94,3 +94,12 @@ def test_edit_step_count_all_numbers_and_range() -> None:
     for bad in (0, 36):
         with pytest.raises(ValueError, match=r"--edit-steps must be in 1\.\.35 .* got"):
             edit_step_count(bad, 34, "--edit-steps")
+
+
+def test_half_window_is_the_first_half_of_the_resumed_steps() -> None:
+    from hsae.editing.intervene import edit_step_count, parse_edit_steps
+
+    assert parse_edit_steps("half") == "half" and parse_edit_steps("HALF") == "half"
+    assert edit_step_count("half", 7) == 4  # 8 resumed steps
+    assert edit_step_count("half", 6) == 4  # 7 resumed steps, rounded up
+    assert edit_step_count("half", 0) == 1
