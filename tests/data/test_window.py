@@ -30,28 +30,15 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A seeded random pixel DDPM (H-space 16x8x8), 12 toyfaces and their window store."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
+def tiny(pixel_pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny pixel DDPM (H-space 16x8x8), 12 toyfaces, their window store and h_t store."""
     root = tmp_path_factory.mktemp("window")
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=32,
-        block_out_channels=(8, 16, 16),
-        norm_num_groups=4,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D",) * 3,
-        up_block_types=("UpBlock2D",) * 3,
-        attention_head_dim=8,
-    )
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(root / "model")
     assert main(["data", "toyfaces", "--n", str(N_IMAGES), "--out", str(root / "data")]) == 0
-    paths = ["--data", str(root / "data"), "--model", str(root / "model")]
+    paths = ["--data", str(root / "data"), "--model", str(pixel_pipeline_dir)]
     args = ["extract", *paths, *RUN, "--out", str(root / "window"), "--capture", "window"]
     assert main([*args, "--shard-size", "10"]) == 0
     assert main(["extract", *paths, *RUN, "--out", str(root / "first")]) == 0
-    return {"root": root, "model": root / "model", "data": root / "data"}
+    return {"root": root, "model": pixel_pipeline_dir, "data": root / "data"}
 
 
 def test_window_store_rows_are_every_resumed_step(tiny: dict[str, Path]) -> None:
