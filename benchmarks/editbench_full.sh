@@ -52,6 +52,6 @@ for s in spatial channel_aware flat spatial_window channel_aware_window flat_win
 done
 stage editbench "$HSAE" editbench --store "$OUT/acts" --data "$DATA" --sae "${SAES[@]}" \
   --attributes Eyeglasses Wearing_Hat Blond_Hair Smiling --n-test 500 --n-val 100 \
-  --max-group 100 --windows 1 half all --test-sizes matched --side-windows selected \
+  --max-group 100 --windows 1 half all --test-sizes validated --side-windows selected \
   --components channel --top-positions 16 --candidates 8 --effect-images 16 \
   --out "$OUT/bench" --no-progress

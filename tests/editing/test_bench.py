@@ -320,6 +320,15 @@ def test_validated_sizes_group_caps_and_side_windows(planted: dict) -> None:
     assert {"statistics_s", "invert_s", "attributes_s"} <= set(doc["timings"])
 
 
+def test_validated_sizes_drop_the_largest_row(planted: dict) -> None:
+    cfg = EB.EditBenchConfig(**SIZED, max_group=3, test_sizes="validated")
+    res = EB.run_editbench(_sized_inputs(planted, FakeRunner()), cfg)["attributes"]["A"]
+    for d in ("add", "remove"):
+        size = res["matched"][d]["size"]
+        rows = [r for r in res["curves"]["all"]["mean_diff"] if r["direction"] == d]
+        assert [r["target_size"] for r in rows] == ([size] if size is not None else [])
+
+
 def test_sizing_cuts_the_resumed_rows(planted: dict) -> None:
     full, sized = CountingRunner(), CountingRunner()
     EB.run_editbench(_sized_inputs(planted, full), EB.EditBenchConfig(**SIZED))

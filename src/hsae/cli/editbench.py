@@ -87,10 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--test-sizes",
-        choices=["swept", "matched"],
+        choices=["swept", "matched", "validated"],
         default="swept",
-        help="on test: every --sizes value, or only the sizes chosen on validation (+ the largest "
-        "in the main window)",
+        help="on test: every --sizes value; or only the sizes chosen on validation, with "
+        "(matched) or without (validated) the largest size in the main window",
     )
     p.add_argument(
         "--side-windows",

@@ -16,7 +16,7 @@ from hsae.editing.units import EDIT_MODES
 
 DEFAULT_SIZES = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5)
 DIRECTIONS = ("add", "remove")
-TEST_SIZES = ("swept", "matched")
+TEST_SIZES = ("swept", "matched", "validated")
 SIDE_WINDOWS = ("all", "selected")
 
 
@@ -38,7 +38,7 @@ class EditBenchConfig:
     components: bool | str = True  # True / "all", "channel" (channel-token SAEs only), False
     top_positions: int | None = None  # spatial-token SAEs: a latent@N family on its top positions
     max_group: int | None = None  # test/validation images per add or remove group (None: all)
-    test_sizes: str = "swept"  # "swept": every size on test; "matched": the validated sizes only
+    test_sizes: str = "swept"  # "swept": every size; "matched": validated + largest; "validated"
     side_windows: str = "all"  # windows before the last: "all" features, or "selected" ones
     n_examples: int = 4
     batch: int = 64
