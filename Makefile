@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install chromium demo docs test test-fast lint bench faults sd-check table2 figures \
-  figures-toy figures-sae retrain-toy check-toy-card retrain-classifier clean editbench washout
+  figures-toy figures-sae retrain-toy check-toy-card retrain-classifier clean editbench \
+  editbench-depth editbench-steps washout
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,9 +58,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_stream.py
 
-# SD 2.1-base's real U-Net and VAE with random weights on the CPU (~6 GB RAM, many minutes).
+# SD 2.1-base's real U-Net and VAE with random weights on the CPU, through every CLI stage
+# (docs/gpu.md: its stage times and memory peaks). SD_CHECK_ARGS="--tiny" runs toy-sized parts.
 sd-check: $(STAMP)
-	HSAE_SD_CHECK=1 $(VENV)/bin/pytest -q -s tests/diffusion/test_sd_sized.py
+	$(PY) benchmarks/sd_check.py --out runs/sd-check $(SD_CHECK_ARGS)
 
 # Kill campaign (docs/reliability.md): extract, train and editbench each SIGKILLed at 20 seeded
 # instants and resumed, compared byte for byte with an uninterrupted run; disk-full runs need root
@@ -128,6 +130,19 @@ EB := runs/editbench
 EB_DATA := data/toyfaces-5k
 editbench: $(STAMP)
 	bash benchmarks/editbench_full.sh $(EB) $(EB_DATA)
+
+# The inversion depth on the same axis (docs/editing.md): the three layouts at t = 0.9, no window
+# SAEs (they did not edit better at t = 0.7). About 40 minutes on 2 idle cores.
+editbench-depth: $(STAMP)
+	T=0.9 WINDOW_SAES=0 bash benchmarks/editbench_full.sh $(EB)-t0.9 $(EB_DATA)
+
+# Does the benchmark's 10-step grid tell the 50-step story? (docs/editing.md) The flat SAE and the
+# baselines on two attributes, groups of 50, at 10 and at 50 DDIM steps (needs make editbench).
+editbench-steps: $(STAMP)
+	for s in 10 50; do $(VENV)/bin/hsae editbench --store $(EB)/acts --data $(EB_DATA) \
+	  --sae flat=$(EB)/sae/flat --attributes Eyeglasses Smiling --n-test 500 --n-val 100 \
+	  --max-group 50 --windows all --test-sizes validated --components none --candidates 4 \
+	  --steps $$s --out $(EB)-steps/steps-$$s --no-progress || exit 1; done
 
 # Why one step of h does not steer the toy model (docs/editing.md): washout and GroupNorm.
 washout: $(STAMP)

@@ -8,10 +8,13 @@
 # wall time is appended to OUT/stages.log (the profile in docs/editing.md).
 #
 #   bash benchmarks/editbench_full.sh [OUT] [DATA]      # defaults: runs/editbench data/toyfaces-5k
+#   T=0.9 WINDOW_SAES=0 bash benchmarks/editbench_full.sh runs/editbench-t0.9   # the depth run
 set -euo pipefail
 OUT=${1:-runs/editbench}
 DATA=${2:-data/toyfaces-5k}
 HSAE=${HSAE:-.venv/bin/hsae}
+T=${T:-0.7}                  # inversion depth (t / T)
+WINDOW_SAES=${WINDOW_SAES:-1} # 0: no window store and no multi-timestep SAEs
 STEPS=10   # DDIM steps: 10 and 50 tell the same story (docs/editing.md); 8 resumed steps at t = 0.7
 mkdir -p "$OUT/sae"
 
@@ -32,22 +35,28 @@ train() {  # train NAME STORE FLAGS...: one SAE, resumed from its checkpoint aft
 }
 
 test -d "$DATA" || stage data "$HSAE" data toyfaces --n 5000 --seed 11 --out "$DATA"
-stage extract "$HSAE" extract --data "$DATA" --out "$OUT/acts" --t 0.7 --steps $STEPS --batch 64 \
+stage extract "$HSAE" extract --data "$DATA" --out "$OUT/acts" --t "$T" --steps $STEPS --batch 64 \
   --no-progress
-stage extract-window "$HSAE" extract --data "$DATA" --out "$OUT/acts-window" --t 0.7 \
-  --steps $STEPS --batch 64 --split train --capture window --no-progress
+if [ "$WINDOW_SAES" = 1 ]; then
+  stage extract-window "$HSAE" extract --data "$DATA" --out "$OUT/acts-window" --t "$T" \
+    --steps $STEPS --batch 64 --split train --capture window --no-progress
+fi
 SPATIAL=(--architecture spatial_topk --latents 1024 --k 16)
 FLAT=(--architecture flat --latents 512)
 train spatial "$OUT/acts" "${SPATIAL[@]}"
 train channel_aware "$OUT/acts" --architecture channel_aware
 train flat "$OUT/acts" "${FLAT[@]}"
-train spatial_window "$OUT/acts-window" "${SPATIAL[@]}"
-train channel_aware_window "$OUT/acts-window" --architecture channel_aware \
-  --context channel+timestep
-train flat_window "$OUT/acts-window" "${FLAT[@]}"
+LAYOUTS=(spatial channel_aware flat)
+if [ "$WINDOW_SAES" = 1 ]; then
+  train spatial_window "$OUT/acts-window" "${SPATIAL[@]}"
+  train channel_aware_window "$OUT/acts-window" --architecture channel_aware \
+    --context channel+timestep
+  train flat_window "$OUT/acts-window" "${FLAT[@]}"
+  LAYOUTS+=(spatial_window channel_aware_window flat_window)
+fi
 
 SAES=()
-for s in spatial channel_aware flat spatial_window channel_aware_window flat_window; do
+for s in "${LAYOUTS[@]}"; do
   SAES+=("$s=$OUT/sae/$s")
 done
 stage editbench "$HSAE" editbench --store "$OUT/acts" --data "$DATA" --sae "${SAES[@]}" \

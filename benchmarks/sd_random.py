@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -49,6 +50,19 @@ class EmptyPromptTokenizer:
         ids = torch.ones((len(prompts), self.model_max_length), dtype=torch.long)
         ids[:, 0] = 0
         return SimpleNamespace(input_ids=ids)
+
+
+def write_byte_level_vocab(folder: Path) -> None:
+    """vocab.json + merges.txt of a byte-level CLIP BPE with ids < 1000 (the text encoder's
+    vocabulary): a real CLIPTokenizer, so the saved pipeline loads like a downloaded one."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for c in bytes_to_unicode().values():
+            vocab[c + suffix] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
 def config(name: str) -> dict[str, Any]:

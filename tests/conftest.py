@@ -6,7 +6,7 @@
 - `pixel_unet` / `make_pixel_backbone` / `pixel_pipeline_dir`: a tiny `UNet2DModel` pixel DDPM.
 - `make_oracle_backbone`: an exact-prediction "U-Net" for a Gaussian (or point-mass) data set, so
   inversion can be checked against closed forms.
-- `load_script`: import a file of scripts/ as a module (they are not part of the package).
+- `load_script`: import a file of scripts/ or benchmarks/ as a module (not part of the package).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -280,10 +281,14 @@ def make_oracle_backbone() -> Callable:
 
 @pytest.fixture(scope="session")
 def load_script() -> Callable:
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    """load(name, folder="scripts"): a file of scripts/ or benchmarks/ as a module. Its folder
+    goes on sys.path first, since benchmarks import their sibling modules."""
+    root = Path(__file__).resolve().parents[1]
 
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+    def load(name: str, folder: str = "scripts"):
+        if str(root / folder) not in sys.path:
+            sys.path.insert(0, str(root / folder))
+        spec = importlib.util.spec_from_file_location(name, root / folder / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod

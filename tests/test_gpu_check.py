@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,19 +11,11 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def load_gpu_check():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))  # it imports its sibling benchmark modules
-    spec = importlib.util.spec_from_file_location("gpu_check", BENCH / "gpu_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.slow
-def test_tiny_cpu_gpu_check_writes_one_json(tmp_path: Path, capsys) -> None:
+def test_tiny_cpu_gpu_check_writes_one_json(tmp_path: Path, capsys, load_script) -> None:
     out = tmp_path / "gpu-check.json"
-    assert load_gpu_check().main(["--device", "cpu", "--tiny", "--json", str(out)]) == 0
+    gpu_check = load_script("gpu_check", "benchmarks")
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--json", str(out)]) == 0
     got = json.loads(out.read_text())
     assert got["errors"] == {} and got["tiny"] and got["dtype"] == "float32"
     ex = got["extraction"]

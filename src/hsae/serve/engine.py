@@ -39,7 +39,7 @@ from hsae.editing.intervene import parse_component
 from hsae.editing.selection import pca_basis, store_h
 from hsae.editing.units import EDIT_MODES, RULES, EditFeature
 from hsae.serve.catalog import Catalog
-from hsae.serve.run import InputError, RunFolder
+from hsae.serve.run import InputError, RunFolder, shown
 from hsae.utils.jsonable import jsonable
 from hsae.utils.metrics import pixel_metrics
 from hsae.utils.viz import to_uint8
@@ -323,7 +323,7 @@ class EditEngine:
             return {"argv": None, "note": "hsae edit has no direction flag; in Python: "
                     "HSpaceEditor(...).edit(image, direction_tensor, strength)"}  # fmt: skip
         path = self.image_path(req.image)
-        image = str(path.resolve()) if path is not None else self.image_name(req.image)
+        image = shown(path) if path is not None else self.image_name(req.image)
         unit = ["--latent", rest] if kind == "latent" else ["--component", rest]
         flag = "--kappa" if req.rule == "scale" else "--strength"
         argv = ["edit", "--image", image, *self.settings.setup_argv, *unit,

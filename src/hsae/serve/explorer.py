@@ -11,7 +11,7 @@ from typing import Any
 from hsae.serve.catalog import Catalog
 from hsae.serve.engine import EditEngine, EngineSettings
 from hsae.serve.jobs import JobQueue
-from hsae.serve.run import EDITBENCH_JSON, RunFolder
+from hsae.serve.run import EDITBENCH_JSON, RunFolder, shown
 
 
 @dataclass
@@ -60,9 +60,9 @@ class Explorer:
 
 def setup_argv(opts: ServeOptions, run: RunFolder) -> list[str]:
     """The `hsae edit` flags that load the same model, SAE, store and cache as the explorer."""
-    argv = ["--sae", str(run.sae_dir.resolve())]
+    argv = ["--sae", shown(run.sae_dir)]
     if run.acts_dir is not None:
-        argv += ["--store", str(run.acts_dir.resolve())]
+        argv += ["--store", shown(run.acts_dir)]
     for flag, value in (("--model", opts.model), ("--t", opts.t), ("--steps", opts.steps),
                         ("--prompt", opts.prompt), ("--cache-dir", opts.cache_dir)):  # fmt: skip
         if value is not None:

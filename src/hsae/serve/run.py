@@ -21,6 +21,17 @@ EDITBENCH_JSON = Path("editbench") / "editbench.json"
 IMAGE_DIRS = ("img_align_celeba", "")  # where RUN/data keeps the images a store's ids name
 
 
+def shown(path: Path) -> str:
+    """A path as the explorer's `hsae edit` lines print it: relative to the folder the server was
+    started in when it lies below it (so the line runs there and names no machine's layout),
+    absolute otherwise."""
+    full = path.resolve()
+    try:
+        return str(full.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(full)
+
+
 class InputError(ValueError):
     """A request the explorer refuses: the message says what was wrong, and nothing changed."""
 
