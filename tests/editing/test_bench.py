@@ -147,6 +147,7 @@ def test_curves_share_one_size_axis_and_the_right_features_flip(planted: dict) -
                 continue
             if label == "ca component scale" and r["direction"] == "add":
                 assert r["size"] == 0.0  # κ cannot move a component that is silent (α = 0)
+                assert r["flipped"] == 0.0  # and an image it did not move was not flipped
             else:
                 assert r["size"] == pytest.approx(r["target_size"], rel=1e-3), label
             assert r["direction"] in ("add", "remove")

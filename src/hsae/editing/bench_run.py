@@ -26,12 +26,16 @@ def run_rows(
     target: int,
     idx: np.ndarray,
     u: np.ndarray,
+    towards: np.ndarray,
     window: int | str,
     mode: str,
     batch: int,
     keep: set[int] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[int, Tensor]]:
-    """Resume rows (image idx, strength u) in chunks; per-row metrics (+ kept rows' images)."""
+    """Resume rows (image idx, strength u) in chunks; per-row metrics (+ kept rows' images).
+    `towards` is each row's direction (+1 add, −1 remove). It is not read off u: a scaled
+    component silent on an image has u = 0 there, and that image still wants its direction's
+    verdict (an unmoved image without the attribute has not been flipped to it)."""
     attr = list(inputs.classifier.attribute_names)[target]
     mask = images.masks.get(attr)
     parts, kept = [], {}
@@ -41,7 +45,7 @@ def run_rows(
         log = StepLog()
         x = inputs.runner.resume(images.state, rows, window_hook(feature, uu, mode, log), window)
         pred, logit = classify(inputs.classifier, x)
-        want = torch.as_tensor(np.sign(u[start : start + batch]) * feature.sign > 0)
+        want = torch.as_tensor(towards[start : start + batch] > 0)
         ref_logit = None if images.logit is None else images.logit[rows]
         m = row_metrics(images.pred[rows], pred, ref_logit, logit, target, want)
         steps = log.per_step()
@@ -98,8 +102,9 @@ def sweep(
             if img in want and t in wanted_tags
         }
     metrics, kept = run_rows(
-        inputs, images, feature, target, idx_a, u_a, window, cfg.mode, cfg.batch, keep
-    )
+        inputs, images, feature, target, idx_a, u_a, np.sign(tag_a), window, cfg.mode, cfg.batch,
+        keep,
+    )  # fmt: skip
     rows = [
         {
             "target_size": s,
@@ -129,10 +134,11 @@ def effect_scores(
         unit = BM.size_per_unit(f, images.h)
         idx = np.concatenate([g for _, g in groups])
         u = np.concatenate([BM.oriented_u(f, s * cfg.effect_size, unit[g]) for s, g in groups])
+        towards = np.concatenate([np.full(len(g), s) for s, g in groups])
         if len(idx) == 0 or not np.any(u):
             out.append(math.nan)
             continue
-        m, _ = run_rows(inputs, images, f, target, idx, u, window, cfg.mode, cfg.batch)
+        m, _ = run_rows(inputs, images, f, target, idx, u, towards, window, cfg.mode, cfg.batch)
         if "logit" not in m:
             out.append(math.nan)
             continue
