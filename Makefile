@@ -124,7 +124,7 @@ figures-sae: table2
 
 # The edit benchmark at full size (docs/editing.md): 5,000 toyfaces (500 test images, each add and
 # remove group capped at 100 so its Wilson interval is <= ±10 points), six SAEs (three layouts, on
-# h_t and on the whole window), windows 1, half and all. About 90 minutes on 2 idle cores; every
+# h_t and on the whole window), windows 1, half and all. About 35 minutes on 2 idle cores; every
 # stage resumes after a kill (re-run the target). Stage times: runs/editbench/stages.log.
 EB := runs/editbench
 EB_DATA := data/toyfaces-5k
@@ -132,7 +132,7 @@ editbench: $(STAMP)
 	bash benchmarks/editbench_full.sh $(EB) $(EB_DATA)
 
 # The inversion depth on the same axis (docs/editing.md): the three layouts at t = 0.9, no window
-# SAEs (they did not edit better at t = 0.7). About 40 minutes on 2 idle cores.
+# SAEs. About 25 minutes on 2 idle cores.
 editbench-depth: $(STAMP)
 	T=0.9 WINDOW_SAES=0 bash benchmarks/editbench_full.sh $(EB)-t0.9 $(EB_DATA)
 
