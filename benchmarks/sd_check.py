@@ -19,7 +19,6 @@ Torch runs with --threads intra-op threads in every stage (default 2: this machi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -107,6 +106,8 @@ def run_stage(argv: list[str], log: Path, threads: int) -> dict[str, float | int
 
 
 def run_check(out: Path, tiny: bool, n: int, sae_steps: int, threads: int) -> dict:
+    from hsae.utils.io import atomic_write_json
+
     out.mkdir(parents=True, exist_ok=True)
     log, model = out / "stages.log", out / "model" / "pipeline"
     hsae = [sys.executable, "-m", "hsae.cli"]
@@ -125,7 +126,7 @@ def run_check(out: Path, tiny: bool, n: int, sae_steps: int, threads: int) -> di
             print(f"stage {name} failed (exit {res['exit_code']}); its output is in {log}")
             break
     doc["seconds"] = round(sum(s["seconds"] for s in doc["stages"].values()), 1)
-    (out / "sd_check.json").write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_json(out / "sd_check.json", doc)
     return doc
 
 
