@@ -11,7 +11,7 @@ table on stdout (docs/gpu.md quotes it). A failed stage stops the run with exit 
 rerun reuses the saved pipeline (it is seeded) and redoes every other stage.
 
     python benchmarks/sd_check.py --out runs/sd-check            # ~6 GB RAM, minutes
-    python benchmarks/sd_check.py --out /tmp/x --tiny            # the same stages in seconds
+    python benchmarks/sd_check.py --out runs/sd-check-tiny --tiny   # the same stages in seconds
 
 Torch runs with --threads intra-op threads in every stage (default 2: this machine's cores).
 """
