@@ -97,11 +97,12 @@ def run_stage(argv: list[str], log: Path, threads: int) -> dict[str, float | int
     with open(log, "ab") as f:
         proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    # wait4 reaped the child: telling Popen so keeps it from waiting on the pid again.
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
     return {
         "seconds": round(time.perf_counter() - t0, 1),
         "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
-        "exit_code": proc.returncode,
+        "exit_code": code,
     }
 
 
